@@ -1,0 +1,239 @@
+"""Typed, frozen configuration read from params.yaml; unknown or invalid keys are rejected by name."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is unknown, missing or has an invalid value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where CIFAR-10 comes from and how much of it to use."""
+
+    root: str = "data"
+    # Local copies are tried first, in order; relative paths are relative to the repository root.
+    sources: tuple[str, ...] = ("../shared/cifar10/cifar-10-python.tar.gz",)
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    md5: str = "c58f30108f718f92721af3b95e74349a"
+    download_timeout_s: float = 60.0
+    subset: int = 0  # training images to use, 0 = all 50,000; the test set is cut in proportion
+
+    def __post_init__(self) -> None:
+        _check(self.subset >= 0, "data.subset", f"must be >= 0 (0 = all), got {self.subset}")
+        _check(self.subset <= 50_000, "data.subset", f"must be <= 50000, got {self.subset}")
+        _check(self.download_timeout_s > 0, "data.download_timeout_s", "must be > 0")
+        _check(len(self.md5) == 32, "data.md5", "must be a 32-character hex digest")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the convolutional VAE."""
+
+    latent_dim: int = 64
+    widths: tuple[int, ...] = (64, 128, 256)  # one stride-2 stage per width: 32 -> 16 -> 8 -> 4
+    res_blocks: int = 1  # residual blocks per resolution, encoder and decoder
+    likelihood: str = "logistic"  # "logistic" (per-pixel discretized logistic) or "gaussian" (global sigma)
+    logvar_min: float = -12.0  # clamp of the posterior log-variance, keeps exp() finite
+
+    def __post_init__(self) -> None:
+        _check(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
+        _check(len(self.widths) == 3, "model.widths", "must list 3 widths (32 -> 16 -> 8 -> 4)")
+        _check(all(w >= 1 for w in self.widths), "model.widths", "every width must be >= 1")
+        _check(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
+        _check(self.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {LIKELIHOODS}")
+
+
+LIKELIHOODS = ("logistic", "gaussian")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe; `betas` lists one model per value."""
+
+    betas: tuple[float, ...] = (1.0, 5.0)
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 200  # linear learning-rate warm-up, then cosine decay to zero
+    kl_warmup_epochs: float = 0.0  # KL weight ramps linearly 0 -> beta over this many epochs (0 = off)
+    weight_decay: float = 0.0
+    grad_clip: float = 200.0  # max global gradient norm
+    bf16: bool = True  # bf16 autocast on CPU (CUDA always uses it)
+    threads: int = 0  # torch intra-op threads, 0 = all cores
+
+    def __post_init__(self) -> None:
+        _check(len(self.betas) >= 1, "train.betas", "must list at least one beta")
+        for b in self.betas:
+            _check(math.isfinite(b) and b > 0, "train.betas", f"every beta must be a finite number > 0, got {b}")
+        _check(len(set(self.betas)) == len(self.betas), "train.betas", f"has duplicates: {list(self.betas)}")
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 2, "train.batch_size", f"must be >= 2, got {self.batch_size}")
+        _check(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs", "must be >= 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Test-set evaluation."""
+
+    batch_size: int = 500
+    active_threshold: float = 0.01  # Burda et al. 2015: Cov_x E[z_j | x] > 0.01
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        _check(self.active_threshold > 0, "evaluate.active_threshold", "must be > 0")
+
+
+@dataclass(frozen=True)
+class FiguresConfig:
+    """What the figures show."""
+
+    grid_size: int = 4  # grid_size x grid_size prior samples
+    interp_steps: int = 10  # images per interpolation, endpoints included
+    n_reconstructions: int = 16
+    traversal_dims: int = 8  # highest-KL dimensions to traverse
+    traversal_steps: int = 9
+    traversal_range: float = 3.0  # traverse z_j over [-r, r] standard deviations of the prior
+
+    def __post_init__(self) -> None:
+        _check(self.grid_size >= 1, "figures.grid_size", "must be >= 1")
+        _check(self.interp_steps >= 2, "figures.interp_steps", "must be >= 2")
+        _check(self.n_reconstructions >= 1, "figures.n_reconstructions", "must be >= 1")
+        _check(self.traversal_dims >= 1, "figures.traversal_dims", "must be >= 1")
+        _check(self.traversal_steps >= 2, "figures.traversal_steps", "must be >= 2")
+        _check(self.traversal_range > 0, "figures.traversal_range", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow experiment; an empty uri means sqlite:///<repo>/mlflow.db (MLFLOW_TRACKING_URI overrides)."""
+
+    experiment: str = "cifar10-beta-vae"
+    uri: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything in params.yaml."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    figures: FiguresConfig = field(default_factory=FiguresConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.seed < 2**31, "seed", f"must be an integer in [0, 2**31), got {self.seed}")
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ParamsError(f"params: '{key}' {reason}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert one YAML value to the annotated type, or raise ParamsError naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"params: '{key}' must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"params: '{key}' must be a list, got {type(value).__name__}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    # bool is an int subclass in Python: reject it where a number is expected, and vice versa.
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"params: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:  # YAML reads "2e-3" (no dot) as a string
+                value = float(value)
+            except ValueError:
+                raise ParamsError(f"params: '{key}' must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"params: '{key}' must be a number, got {value!r}")
+        if math.isnan(value):
+            raise ParamsError(f"params: '{key}' must be a number, got NaN")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"params: '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {tp} for {key}")  # a bug in this module, not user input
+
+
+def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by key name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ParamsError(f"params: unknown key '{prefix}{key}' (allowed: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (missing keys take the dataclass defaults)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params: file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"params: {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"params: {path} must hold a mapping at the top level")
+    return from_dict(Params, raw)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a config dataclass (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to dotted keys ({'a': {'b': 1}} -> {'a.b': 1})."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+

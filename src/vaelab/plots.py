@@ -1,0 +1,138 @@
+"""Figures as matplotlib Figures: training curves, labelled image tables, and every figure of one model."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from vaelab import data  # noqa: E402
+from vaelab.metrics import encode  # noqa: E402
+from vaelab.model import VAE  # noqa: E402
+from vaelab.params import FiguresConfig  # noqa: E402
+
+CURVES = (("loss", "loss = recon + β·KL (nats)"), ("recon", "recon −log p(x|z) (nats)"),
+          ("kl", "KL (nats)"), ("bpd", "negative ELBO (bits/dim)"))
+
+
+def training_curves(history: pd.DataFrame, title: str) -> plt.Figure:
+    """2x2 panels of train and test loss, reconstruction, KL and bits/dim against epoch."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), constrained_layout=True)
+    for ax, (key, label) in zip(axes.flat, CURVES):
+        for split, style in (("train", "-o"), ("test", "--s")):
+            ax.plot(history["epoch"], history[f"{split}_{key}"], style, ms=3, label=split)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def image_table(
+    rows: Sequence[torch.Tensor],
+    title: str = "",
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    scale: float = 0.9,
+) -> plt.Figure:
+    """Tile rows of uint8 images (each (K, 3, 32, 32)) into one labelled figure; `scale` inches per image."""
+    n_rows, n_cols, pad = len(rows), max(len(r) for r in rows), 2
+    canvas = np.ones((n_rows * (32 + pad) + pad, n_cols * (32 + pad) + pad, 3), dtype=np.uint8) * 255
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (32 + pad), pad + j * (32 + pad)
+            canvas[y : y + 32, x : x + 32] = img.permute(1, 2, 0).cpu().numpy()  # (32, 32, 3)
+    left = 1.4 if row_labels else 0.1
+    top = 0.5 if (title or col_labels) else 0.1
+    w, h = n_cols * scale + left + 0.1, n_rows * scale + top + 0.1
+    fig = plt.figure(figsize=(w, h))
+    ax = fig.add_axes((left / w, 0.1 / h, (w - left - 0.1) / w, (h - top - 0.1) / h))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([pad + j * (32 + pad) + 16 for j in range(n_cols)], col_labels or [""] * n_cols, fontsize=7)
+    ax.set_yticks([pad + i * (32 + pad) + 16 for i in range(n_rows)], row_labels or [""] * n_rows, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / h, va="top")
+    return fig
+
+
+def image_grid(images: torch.Tensor, nrow: int, title: str = "") -> plt.Figure:
+    """A square-ish grid of uint8 images (N, 3, 32, 32), `nrow` per row."""
+    rows = [images[i : i + nrow] for i in range(0, len(images), nrow)]
+    return image_table(rows, title=title)
+
+
+def save(fig: plt.Figure, path) -> None:
+    """Write a figure as PNG (to a path the caller makes atomic) and free it."""
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def decode_uint8(model: VAE, z: torch.Tensor) -> torch.Tensor:
+    """Decoder mean images of codes z (N, z) as uint8 (N, 3, 32, 32)."""
+    with torch.no_grad():
+        return data.to_uint8(model.decode(z.to(next(model.parameters()).device)).float().cpu())
+
+
+def lerp(z1: torch.Tensor, z2: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` points from z1 to z2 on a straight line, endpoints included: (steps, z)."""
+    t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
+    return (1 - t) * z1 + t * z2
+
+
+def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: list[float], beta: float,
+                 cfg: FiguresConfig, seed: int, device: torch.device) -> dict[str, plt.Figure]:
+    """All figures of one model, keyed by file stem. Prior codes depend only on the seed, so every beta
+    decodes the same z (the report's side-by-side)."""
+    g = torch.Generator().manual_seed(seed)
+    zdim = model.cfg.latent_dim
+    n = cfg.grid_size**2
+    figs = {"training_curves": training_curves(history, f"β = {beta:g}: training curves")}
+    z = torch.randn(n, zdim, generator=g)
+    figs["prior_samples"] = image_grid(decode_uint8(model, z), cfg.grid_size,
+                                             f"β = {beta:g}: {n} samples, z ~ N(0, I)")
+    z1, z2 = torch.randn(2, zdim, generator=g)
+    figs["interpolation_prior"] = image_table(
+        [decode_uint8(model, lerp(z1, z2, cfg.interp_steps))],
+        f"β = {beta:g}: linear interpolation between z1, z2 ~ N(0, I)",
+        col_labels=[f"{t:.2f}" for t in torch.linspace(0, 1, cfg.interp_steps).tolist()])
+    # Two test images of different classes, chosen by the seed.
+    order = torch.randperm(len(ds.test_x), generator=g)
+    a = int(order[0])
+    b = int(next(i for i in order.tolist() if ds.test_y[i] != ds.test_y[a]))
+    mu, _ = encode(model, ds.test_x[[a, b]], device)
+    names = [ds.label_names[int(ds.test_y[i])] for i in (a, b)]
+    steps = decode_uint8(model, lerp(mu[0], mu[1], cfg.interp_steps))
+    figs["interpolation_test"] = image_table(
+        [torch.cat([ds.test_x[[a]], steps, ds.test_x[[b]]])],
+        f"β = {beta:g}: interpolation between the codes of a test {names[0]} and a test {names[1]}",
+        col_labels=[f"{names[0]}\n(input)", *[f"{t:.2f}" for t in torch.linspace(0, 1, cfg.interp_steps).tolist()],
+                    f"{names[1]}\n(input)"])
+    idx = order[: cfg.n_reconstructions]
+    mu, _ = encode(model, ds.test_x[idx], device)
+    figs["reconstructions"] = image_table(
+        [ds.test_x[idx], decode_uint8(model, mu)], f"β = {beta:g}: test inputs and reconstructions (decoded μ)",
+        row_labels=["input", "reconstruction"])
+    # Traversals of the highest-KL dimensions around the code of one test image.
+    top = sorted(range(zdim), key=lambda j: -kl_dims[j])[: cfg.traversal_dims]
+    values = torch.linspace(-cfg.traversal_range, cfg.traversal_range, cfg.traversal_steps)
+    base = mu[0]
+    rows = []
+    for j in top:
+        zs = base.repeat(cfg.traversal_steps, 1)  # (steps, z)
+        zs[:, j] = values
+        rows.append(decode_uint8(model, zs))
+    figs["traversals"] = image_table(
+        rows, f"β = {beta:g}: traversals of the {len(top)} highest-KL dimensions (others at a test image's μ)",
+        row_labels=[f"z{j} ({kl_dims[j]:.1f} nats)" for j in top], col_labels=[f"{v:+.1f}" for v in values.tolist()])
+    return figs

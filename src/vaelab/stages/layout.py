@@ -1,0 +1,95 @@
+"""Where every stage reads and writes: the repository layout shared by dvc.yaml and the stage scripts."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vaelab.params import ParamsError, Params
+
+PARAMS_FILE = Path("params.yaml")
+BATCHES = Path("cifar-10-batches-py")
+
+
+@dataclass(frozen=True)
+class BetaPaths:
+    """Files of one beta's model, as declared in dvc.yaml (tag = the foreach item as DVC prints it)."""
+
+    tag: str
+
+    @property
+    def model_dir(self) -> Path:
+        return Path("models") / f"beta_{self.tag}"
+
+    @property
+    def model(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def run_file(self) -> Path:
+        return self.model_dir / "mlflow_run.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path("metrics") / f"beta_{self.tag}"
+
+    @property
+    def history(self) -> Path:
+        return self.metrics_dir / "history.csv"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.metrics_dir / "train.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.metrics_dir / "eval.json"
+
+    @property
+    def kl_per_dim(self) -> Path:
+        return self.metrics_dir / "kl_per_dim.csv"
+
+    @property
+    def figures(self) -> Path:
+        return Path("reports") / "figures" / f"beta_{self.tag}"
+
+
+def repo_root() -> Path:
+    """The repository the pipeline belongs to; for a queued `dvc exp run` (a copy under .dvc/tmp/exps) the
+    original repository, so that every experiment writes to the same MLflow store."""
+    cwd = Path.cwd().resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def beta_arg(argv: list[str] | None, params: Params, description: str) -> tuple[float, BetaPaths]:
+    """Parse `--beta B` (the foreach item), check it is listed in train.betas, return it and its paths."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--beta", required=True, help="a value listed in params.yaml train.betas")
+    args = parser.parse_args(argv)
+    try:
+        beta = float(args.beta)
+    except ValueError:
+        raise ParamsError(f"--beta must be a number, got {args.beta!r}") from None
+    if not math.isfinite(beta) or beta not in params.train.betas:
+        raise ParamsError(f"--beta {args.beta} is not listed in params.yaml train.betas {list(params.train.betas)}")
+    return beta, BetaPaths(args.beta)
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU (LOCAL_RANK picks the GPU under torchrun)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def set_threads(n: int) -> None:
+    """Use n intra-op threads (0 = all cores)."""
+    torch.set_num_threads(n or os.cpu_count() or 1)

@@ -1,0 +1,76 @@
+"""DVC stage `report`: reports/report.md for exactly the betas listed in params.yaml train.betas."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from vaelab import report, storage
+from vaelab.params import ParamsError, Params, load_params
+from vaelab.stages.layout import PARAMS_FILE, BetaPaths
+
+REPORT = Path("reports/report.md")
+
+
+def collect(params: Params) -> list[dict]:
+    """One row per listed beta, joined from its train and eval metrics; a removed beta's stale files are
+    ignored. Tags are read from the metrics folders, so 1 and 1.0 both resolve."""
+    found = {}
+    for d in sorted(Path("metrics").glob("beta_*")):
+        tag = d.name.removeprefix("beta_")
+        try:
+            found[float(tag)] = tag
+        except ValueError:
+            continue
+    rows = []
+    for beta in params.train.betas:
+        if beta not in found:
+            raise FileNotFoundError(f"no metrics for β = {beta:g} under metrics/: run its stages (dvc repro)")
+        paths = BetaPaths(found[beta])
+        row = {**storage.read_json(paths.train_metrics), **storage.read_json(paths.eval_metrics), "tag": paths.tag}
+        row["train_minutes"] = row["train_seconds"] / 60
+        rows.append(row)
+    return rows
+
+
+def choices(params: Params) -> list[str]:
+    """The modelling choices of this run, in words, from params (for the report)."""
+    m, t = params.model, params.train
+    lik = {"logistic": "a per-pixel discretized logistic over the 256 intensity levels (mean and scale per "
+                       "pixel and channel), so the reconstruction term is an exact discrete log-likelihood",
+           "gaussian": "a discretized Gaussian with one learned global σ (σ-VAE style)"}[m.likelihood]
+    return [
+        f"Latent size z = {m.latent_dim}; encoder and decoder are convolutional with widths {list(m.widths)} "
+        f"(32 → 16 → 8 → 4 pixels) and {m.res_blocks} residual block(s) per resolution.",
+        f"Decoder likelihood: {lik}.",
+        f"AdamW, learning rate {t.lr:g} with {t.warmup_steps} warm-up steps and cosine decay, batch {t.batch_size}, "
+        f"{t.epochs} epochs, gradient-norm clip {t.grad_clip:g}, bf16 autocast: {t.bf16}.",
+        "KL warm-up: " + (f"β ramps up linearly over the first {t.kl_warmup_epochs:g} epochs."
+                          if t.kl_warmup_epochs > 0 else "none (β applies from the first step)."),
+        "Posterior log-variance clamped to [" + f"{m.logvar_min:g}, 8] so exp() stays finite.",
+    ]
+
+
+def main() -> int:
+    try:
+        params = load_params(PARAMS_FILE)
+        rows = collect(params)
+    except (ParamsError, FileNotFoundError) as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 1
+    figures = {r["tag"]: os.path.relpath(BetaPaths(r["tag"]).figures, REPORT.parent) for r in rows}
+    for r in rows:
+        missing = [s for s, _ in report.FIGURES if not (BetaPaths(r["tag"]).figures / f"{s}.png").is_file()]
+        if missing:
+            print(f"report: β = {r['beta']:g} lacks figures {missing}: run its figures stage", file=sys.stderr)
+            return 1
+    setup = {"n_train": rows[0]["n_train"], "n_test": rows[0]["n_test_images"], "epochs": params.train.epochs,
+             "seed": params.seed, "choices": choices(params)}
+    storage.write_text(REPORT, report.render(rows, figures, setup))
+    betas = ", ".join(f"{r['beta']:g}" for r in rows)
+    print(f"report: wrote {REPORT} for β = {betas}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

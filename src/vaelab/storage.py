@@ -1,0 +1,65 @@
+"""Atomic file writes and model checkpoints: every output appears whole or not at all."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from vaelab.model import VAE
+from vaelab.params import ModelConfig, from_dict
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)  # atomic on POSIX: readers never see a truncated file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (indented, keys in insertion order)."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def save_model(path: str | Path, model: VAE, config: dict[str, Any]) -> None:
+    """Save weights with the resolved config (plain types only, so loading needs no unpickling of objects)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "config": config}, tmp)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """Load a model saved by `save_model` (weights_only=True: nothing arbitrary is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path} (run the train stage: dvc repro)")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    config = ckpt["config"]
+    model = VAE(from_dict(ModelConfig, config["model"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device, memory_format=torch.channels_last).eval()
+    return model, config

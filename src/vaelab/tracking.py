@@ -1,0 +1,110 @@
+"""MLflow: the only module that imports mlflow. One run per beta, reopened by later stages via its run id."""
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+import numpy as np
+import torch
+
+
+def resolve_uri(configured: str, repo_root: Path) -> str:
+    """Tracking URI: $MLFLOW_TRACKING_URI, else params' tracking.uri, else sqlite:///<repo_root>/mlflow.db."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    if configured.strip():
+        return configured.strip()
+    return f"sqlite:///{(Path(repo_root) / 'mlflow.db').resolve()}"
+
+
+def git_commit(cwd: Path) -> str:
+    """The checked-out commit (with '-dirty' if the tree has changes), or 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@contextmanager
+def run(uri: str, experiment: str, run_name: str, run_id: str | None = None,
+        tags: Mapping[str, str] | None = None, description: str | None = None) -> Iterator[str]:
+    """Start (or, given run_id, reopen) a run and yield its id; a failure inside marks the run FAILED."""
+    mlflow.set_tracking_uri(uri)
+    if run_id is not None and not run_exists(run_id):
+        run_id = None  # the store was reset since training: log into a fresh run of the same name
+    if run_id is None:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, description=description,
+                          tags=dict(tags or {})) as active:
+        yield active.info.run_id
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the current tracking store has a run with this id."""
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log flat params (lists become their string form)."""
+    mlflow.log_params({k: (str(v) if isinstance(v, (list, tuple)) else v) for k, v in params.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics, at `step` (the epoch) for histories."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+def log_artifact(path: Path, folder: str | None = None) -> None:
+    """Copy a local file into the run's artifacts (under `folder`)."""
+    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_model(generator: torch.nn.Module, latent_dim: int) -> str:
+    """Log the z -> image generator with an input example; returns the model URI (models:/...)."""
+    example = np.zeros((2, latent_dim), dtype=np.float32)
+    info = mlflow.pytorch.log_model(
+        generator.cpu().eval(),
+        name="model",
+        input_example=example,
+        # Explicit requirements: inferring them would import the model in a subprocess, slowly.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    )
+    return info.model_uri
+
+
+def load_model(model_uri: str, uri: str | None = None) -> torch.nn.Module:
+    """Load a logged generator back as a torch module (z (B, z) -> images (B, 3, 32, 32) in [0, 1])."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+def find_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
+    """All runs of an experiment as dicts of name, status, params and metrics (for tests and reports)."""
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
+            for r in runs]
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric of a run."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
