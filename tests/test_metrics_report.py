@@ -1,0 +1,116 @@
+"""Evaluation metrics, figures and the report on known inputs."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from vaelab import plots, report
+from vaelab.data import CIFAR10
+from vaelab.metrics import active_units, evaluate, psnr
+from vaelab.model import VAE
+from vaelab.params import FiguresConfig, ModelConfig
+
+SMALL = ModelConfig(latent_dim=6, widths=(8, 16, 32), res_blocks=0)
+
+
+def test_active_units_counts_planted_constant_dimension():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(1000, 5, generator=g)
+    mu[:, 2] = 0.7  # constant: carries no information
+    mu[:, 4] *= 0.05  # variance 0.0025 < 0.01
+    assert active_units(mu) == 3
+
+
+def test_psnr():
+    assert psnr(0.01) == pytest.approx(20.0)
+    assert psnr(1e-4) == pytest.approx(40.0)
+
+
+def test_evaluate_outputs_consistent_numbers():
+    torch.manual_seed(0)
+    model = VAE(SMALL)
+    x = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    m, kl = evaluate(model, x, torch.device("cpu"), batch_size=8, bf16=False)
+    assert len(kl) == 6 and sum(kl) == pytest.approx(m["rate_nats"], rel=1e-5)
+    assert m["test_neg_elbo_nats"] == pytest.approx(m["rate_nats"] + m["distortion_nats"])
+    assert m["test_psnr"] == pytest.approx(psnr(m["test_recon_mse"]))
+    assert m["n_test_images"] == 20 and 0 <= m["active_units"] <= 6
+    again, _ = evaluate(model, x, torch.device("cpu"), batch_size=8, bf16=False)
+    assert again == m  # seeded: repeatable
+
+
+def test_make_figures_builds_every_figure():
+    torch.manual_seed(0)
+    model = VAE(SMALL).eval()
+    g = torch.Generator().manual_seed(0)
+    ds = CIFAR10(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+                 torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=g),
+                 torch.arange(30) % 10, tuple(f"class{i}" for i in range(10)))
+    history = pd.DataFrame([{"epoch": e, **{f"{s}_{k}": 1.0 / e for s in ("train", "test")
+                                            for k in ("loss", "recon", "kl", "bpd")}} for e in (1, 2)])
+    figs = plots.make_figures(model, ds, history, [0.1 * j for j in range(6)], 1.0, FiguresConfig(traversal_dims=3),
+                              0, torch.device("cpu"))
+    assert set(figs) == {stem for stem, _ in report.FIGURES}
+    ax = figs["interpolation_test"].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 12 and labels[0].endswith("(input)") and labels[0].split("\n")[0] != labels[-1].split("\n")[0]
+    # Traversals: the top-KL dimensions first.
+    rows = [t.get_text() for t in figs["traversals"].axes[0].get_yticklabels()]
+    assert rows[0].startswith("z5") and rows[1].startswith("z4")
+
+
+def test_lerp_includes_endpoints():
+    z1, z2 = torch.zeros(4), torch.ones(4)
+    path = plots.lerp(z1, z2, 10)
+    assert path.shape == (10, 4)
+    assert torch.equal(path[0], z1) and torch.equal(path[-1], z2)
+
+
+def row(beta, rate, psnr_db, bpd, au, dist=14000.0):
+    return {"beta": beta, "tag": f"{beta:g}", "test_bpd": bpd, "rate_nats": rate, "distortion_nats": dist,
+            "test_recon_mse": 10 ** (-psnr_db / 10), "test_psnr": psnr_db, "active_units": au, "latent_dim": 64,
+            "train_minutes": 10.0}
+
+
+def test_summary_directions_follow_the_numbers():
+    text = report.summary([row(1, 120.0, 21.0, 6.4, 40), row(5, 30.0, 18.0, 6.9, 12)])
+    assert "KL (rate) fell from 120.0 to 30.0 nats" in text
+    assert "PSNR fell from 21.00 to 18.00 dB" in text
+    assert "active units fell from 40 to 12 of 64" in text
+    assert "6.400 bits/dim, at β = 1" in text
+    # Reversed numbers give reversed words: nothing is hard-coded.
+    text = report.summary([row(1, 30.0, 18.0, 6.9, 12), row(5, 120.0, 21.0, 6.4, 40)])
+    assert "KL (rate) rose from 30.0 to 120.0 nats" in text and "at β = 5" in text
+    flat = report.summary([row(1, 120.0, 21.00, 6.4, 40), row(5, 60.0, 20.98, 6.5, 40)])
+    assert "PSNR stayed about the same" in flat and "lose detail" not in flat and "moved by only 0.02 dB" in flat
+    three = report.summary([row(1, 120.0, 21.0, 6.4, 40), row(2, 150.0, 20.0, 6.5, 30), row(5, 30.0, 18.0, 6.9, 12)])
+    assert "(not monotonically)" in three and "PSNR fell monotonically" in three
+
+
+def test_summary_numbers_come_from_rows_and_stay_short():
+    rows = [row(1, 123.4, 21.07, 6.412, 41), row(2, 77.7, 19.55, 6.6, 25), row(5, 31.2, 18.03, 6.93, 12)]
+    text = report.summary(rows)
+    assert len(text.split()) <= 300
+    allowed = set()
+    for r in rows:
+        for v in r.values():
+            if isinstance(v, (int, float)):
+                allowed |= {f"{v:g}", f"{v:.0f}", f"{v:.1f}", f"{v:.2f}", f"{v:.3f}", f"{int(v)}"}
+    for a in rows:
+        for b in rows:
+            allowed |= {f"{a['rate_nats'] - b['rate_nats']:.1f}", f"{abs(a['test_psnr'] - b['test_psnr']):.2f}"}
+    for number in re.findall(r"\d+(?:\.\d+)?", text):
+        assert number in allowed, f"{number} in the summary is not a measured number"
+
+
+def test_render_has_table_figures_and_side_by_side():
+    rows = [row(1, 120.0, 21.0, 6.4, 40), row(5, 30.0, 18.0, 6.9, 12)]
+    md = report.render(rows, {"1": "figures/beta_1", "5": "figures/beta_5"},
+                       {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": ["z = 64"]})
+    assert "| 1 | 6.400 |" in md and "| 5 | 6.900 |" in md
+    for stem, _ in report.FIGURES:
+        assert f"(figures/beta_1/{stem}.png)" in md and f"(figures/beta_5/{stem}.png)" in md
+    assert "| β = 1 | β = 5 |" in md

@@ -1,0 +1,90 @@
+"""Model shapes, the reparameterisation, and the loss terms against known answers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from vaelab.loss import bits_per_dim, gaussian_nll, kl_normal, logistic_nll, vae_loss
+from vaelab.model import VAE, Generator, reparameterize
+from vaelab.params import ModelConfig
+
+SMALL = ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=1)
+
+
+def grid_images(b: int = 4, seed: int = 0) -> torch.Tensor:
+    """Random images on the 256-level grid, scaled to [-1, 1]: (b, 3, 32, 32)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 3, 32, 32), generator=g).float() * (2 / 255) - 1
+
+
+@pytest.mark.parametrize("likelihood,channels", [("logistic", 6), ("gaussian", 3)])
+def test_shapes(likelihood, channels):
+    model = VAE(ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=1, likelihood=likelihood))
+    out = model(grid_images(5))
+    assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (5, 8)
+    assert out["params"].shape == (5, channels, 32, 32)
+    img = model.decode(torch.randn(3, 8))
+    assert img.shape == (3, 3, 32, 32) and img.min() >= -1 and img.max() <= 1
+    g = Generator(model.decoder)(torch.randn(2, 8))
+    assert g.shape == (2, 3, 32, 32) and g.min() >= 0 and g.max() <= 1
+
+
+def test_kl_matches_torch_distributions():
+    mu, logvar = torch.randn(6, 5), torch.randn(6, 5)
+    ours = kl_normal(mu, logvar)
+    ref = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(torch.zeros(5), torch.ones(5)))
+    torch.testing.assert_close(ours, ref)
+    assert torch.all(kl_normal(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
+
+
+def test_gradients_flow_through_reparameterisation():
+    mu = torch.zeros(4, 3, requires_grad=True)
+    logvar = torch.zeros(4, 3, requires_grad=True)
+    torch.manual_seed(0)
+    z = reparameterize(mu, logvar)
+    z.pow(2).sum().backward()
+    assert mu.grad is not None and logvar.grad is not None
+    assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+    # And the samples really have the posterior's statistics.
+    big = reparameterize(torch.full((20000, 1), 2.0), torch.full((20000, 1), math.log(0.25)))
+    assert abs(big.mean().item() - 2.0) < 0.02 and abs(big.std().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("nll", ["logistic", "gaussian"])
+def test_discrete_likelihood_sums_to_one(nll):
+    """Summed over all 256 levels, the per-pixel probabilities are a distribution (exact log-likelihood)."""
+    levels = torch.arange(256).float() * (2 / 255) - 1  # every possible value of one pixel
+    x = levels.view(256, 1, 1, 1).expand(256, 3, 32, 32)
+    for mean, log_scale in [(0.1, -3.0), (-0.9, -1.5), (0.99, -4.0)]:
+        if nll == "logistic":
+            params = torch.cat([torch.full((256, 3, 32, 32), mean), torch.full((256, 3, 32, 32), log_scale)], 1)
+            per_image = logistic_nll(x, params)
+        else:
+            per_image = gaussian_nll(x, torch.full((256, 3, 32, 32), mean), torch.tensor([log_scale]))
+        per_pixel_logp = -per_image / 3072  # identical pixels: nll per pixel
+        total = per_pixel_logp.exp().sum()
+        assert abs(total.item() - 1.0) < 1e-3, (mean, log_scale, total)
+
+
+def test_beta_scales_only_the_kl_term():
+    torch.manual_seed(0)
+    model = VAE(SMALL)
+    x = grid_images()
+    torch.manual_seed(1)
+    out = model(x)
+    t1 = vae_loss(x, out, 1.0, "logistic", model.log_sigma)
+    t5 = vae_loss(x, out, 5.0, "logistic", model.log_sigma)
+    assert torch.equal(t1["recon"], t5["recon"]) and torch.equal(t1["kl"], t5["kl"])
+    torch.testing.assert_close(t5["loss"], t1["recon"] + 5.0 * t1["kl"])
+    torch.testing.assert_close(t1["loss"], t1["recon"] + t1["kl"])
+    assert t5["loss"] > t1["loss"]  # the KL is positive, so a larger beta weighs it more
+    torch.testing.assert_close(t1["loss"], t1["neg_elbo"])  # beta = 1 is the true ELBO
+    torch.testing.assert_close(t1["bpd"], t1["neg_elbo"] / (3072 * math.log(2)))
+
+
+def test_bits_per_dim_units():
+    # A uniform distribution over 256 levels costs exactly 8 bits per dimension.
+    assert bits_per_dim(torch.tensor(3072 * math.log(256))).item() == pytest.approx(8.0)

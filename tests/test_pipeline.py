@@ -1,0 +1,150 @@
+"""The DVC pipeline: declared deps cover the code each stage runs, and a real `dvc repro` end to end."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, SHARED_TARBALL
+from vaelab.stages import layout
+
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def _imported_package_files(module: str) -> set[str]:
+    """Files of the vaelab package loaded by importing `module`, relative to the repo."""
+    code = (f"import sys, {module}; print('\\n'.join(m.__file__ for n, m in sys.modules.items() "
+            f"if n.startswith('vaelab') and getattr(m, '__file__', None)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    return {os.path.relpath(p, REPO) for p in out.split()}
+
+
+@pytest.mark.parametrize("stage", sorted(DVC_YAML["stages"]))
+def test_stage_deps_cover_imported_modules(stage):
+    spec = DVC_YAML["stages"][stage]
+    spec = spec.get("do", spec)
+    module = re.search(r"python -m (\S+)", spec["cmd"]).group(1)
+    deps = {d for d in spec["deps"] if isinstance(d, str)}
+    missing = _imported_package_files(module) - deps
+    assert not missing, f"stage {stage} runs code that its deps do not list: {sorted(missing)}"
+
+
+def test_repo_root_of_a_queued_experiment(tmp_path, monkeypatch):
+    ws = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    ws.mkdir(parents=True)
+    monkeypatch.chdir(ws)
+    assert layout.repo_root() == (tmp_path / "repo").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert layout.repo_root() == tmp_path.resolve()
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory) -> Path:
+    """A temporary git repository holding this project's tracked files, set to a tiny, one-epoch run."""
+    if not SHARED_TARBALL.is_file():
+        pytest.skip("needs the CIFAR-10 copy in ../shared/cifar10")
+    dest = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    for f in filter(None, files):
+        if (REPO / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dest / f)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"]["sources"] = [str(SHARED_TARBALL)]
+    params["data"]["url"] = "http://127.0.0.1:9/unreachable.tar.gz"  # the local copy must be enough
+    params["data"]["subset"] = 1000
+    params["train"]["epochs"] = 1
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "e2e"]):
+        _run(cmd, dest, env)
+    return dest
+
+
+def _env(repo: Path) -> dict:
+    """The stages import the copy's own package (PYTHONPATH wins over the editable install)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(repo / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(small_repo):
+    from vaelab import tracking
+
+    repo = small_repo
+    env = _env(repo)
+    log = _run(["dvc", "repro"], repo, env)
+    assert "from local copy" in log
+
+    # Report: table rows for both betas, every linked figure exists.
+    md = (repo / "reports" / "report.md").read_text()
+    assert re.search(r"^\| 1 \| \d+\.\d{3} \|", md, re.M) and re.search(r"^\| 5 \| \d+\.\d{3} \|", md, re.M)
+    links = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert len(links) >= 12
+    for link in links:
+        assert (repo / "reports" / link).is_file(), link
+
+    # DVC metrics of every beta.
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env))
+    flat = json.dumps(shown)
+    for tag in ("1", "5"):
+        assert f"metrics/beta_{tag}/eval.json" in flat and f"metrics/beta_{tag}/train.json" in flat
+    assert '"test_bpd"' in flat and '"active_units"' in flat
+
+    # MLflow: one finished run per beta, tagged, with per-epoch and final metrics.
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    runs = {r["name"]: r for r in tracking.find_runs(uri, "cifar10-beta-vae")}
+    assert set(runs) == {"beta=1", "beta=5"}
+    for name, r in runs.items():
+        assert r["status"] == "FINISHED"
+        assert r["tags"]["dvc_stage"] == f"train@{name.split('=')[1]}"
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", r["tags"]["git_commit"])
+        assert r["params"]["beta"] in ("1.0", "5.0") and r["params"]["data.n_train"] == "1000"
+        for key in ("test_bpd", "test_psnr", "active_units", "rate_nats", "train_loss"):
+            assert key in r["metrics"], key
+        steps = [step for step, _ in tracking.metric_history(uri, r["run_id"], "train_loss")]
+        assert steps == [1]  # step = epoch
+        assert {step for step, _ in tracking.metric_history(uri, r["run_id"], "test_bpd")} == {1}
+
+    # The logged model decodes z into images.
+    run_file = json.loads((repo / "models" / "beta_1" / "mlflow_run.json").read_text())
+    generator = tracking.load_model(run_file["model_uri"], uri)
+    images = generator(torch.randn(4, 64))
+    assert images.shape == (4, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+    # A second repro with nothing changed runs nothing.
+    assert "didn't change, skipping" in _run(["dvc", "repro"], repo, env)
+
+
+@pytest.mark.slow
+def test_changing_betas_trains_only_new_ones(small_repo):
+    repo = small_repo
+    env = _env(repo)
+    if not (repo / "dvc.lock").exists() or "train@1" not in (repo / "dvc.lock").read_text():
+        _run(["dvc", "repro"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["betas"] = [1, 0.5]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = _run(["dvc", "repro"], repo, env)
+    assert "Running stage 'train@0.5'" in log
+    assert "Running stage 'train@1'" not in log
+    md = (repo / "reports" / "report.md").read_text()
+    assert re.search(r"^\| 0\.5 \|", md, re.M) and re.search(r"^\| 1 \|", md, re.M)
+    assert not re.search(r"^\| 5 \|", md, re.M), "a removed beta must leave the report"
