@@ -1,8 +1,6 @@
 """Dataset: sources, safe and atomic extraction, content checks, subsets, batching."""
 from __future__ import annotations
 
-import gzip
-import io
 import tarfile
 from pathlib import Path
 
