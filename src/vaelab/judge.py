@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vaelab.data import batch_indices
+from vaelab.train import autocast
 
 CIFAR_MEAN = torch.tensor([125.307, 122.961, 113.8575]) / 255
 CIFAR_STD = torch.tensor([51.5865, 50.847, 51.255]) / 255
@@ -128,14 +129,13 @@ def train_judge(
     lr = cfg.lr / kilostep
     wd = cfg.weight_decay * bs / kilostep
     lr_bias = lr * 64
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    others = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    opt = torch.optim.SGD([{"params": biases, "lr": lr_bias, "weight_decay": wd / lr_bias},
-                           {"params": others, "lr": lr, "weight_decay": wd / lr}],
+    trained = [p for p in model.parameters() if p.requires_grad]
+    base = [lr_bias, lr]  # peak learning rates of the two groups, scaled by the schedule below
+    opt = torch.optim.SGD([{"params": [p for p in trained if p.ndim <= 1], "lr": lr_bias, "weight_decay": wd / lr_bias},
+                           {"params": [p for p in trained if p.ndim > 1], "lr": lr, "weight_decay": wd / lr}],
                           momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = len(train_x) // bs
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    base = [g["lr"] for g in opt.param_groups]
     step, epoch = 0, 0
     model.train()
     while step < total:
@@ -148,10 +148,10 @@ def train_judge(
             frac = step / total  # triangular schedule: 0.2 -> 1 over the first 23%, then down to zero
             scale = 0.2 + 0.8 * frac / 0.23 if frac < 0.23 else (1 - frac) / 0.77
             for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * max(scale, 0.0)
+                g["lr"] = b * scale
             x = augment(train_x[idx].float().div_(255), cfg.translate, gen).to(device)
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 or device.type == "cuda"):
+            with autocast(device, cfg.bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), train_y[idx].to(device), label_smoothing=cfg.label_smoothing,
                                    reduction="sum")
@@ -174,7 +174,7 @@ def predict(model: JudgeNet, x: torch.Tensor, device: torch.device, batch_size: 
     feats, probs = [], []
     for idx in batch_indices(len(x), batch_size, None):
         xb = x[idx].float().div(255).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 or device.type == "cuda"):
+        with autocast(device, bf16):
             f = model.features(xb).float()
             f_flip = model.features(xb.flip(3)).float()
         logits = (model.head(f) + model.head(f_flip)) / 18.0
