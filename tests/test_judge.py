@@ -1,9 +1,13 @@
 """The judge classifier: whitening init, augmentation, and that it learns a separable task."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from vaelab.judge import JudgeConfig, JudgeNet, accuracy, augment, predict, train_judge
+from conftest import REPO, SHARED_TARBALL
+from vaelab.data import BATCHES_DIR, load, prepare
+from vaelab.judge import JudgeNet, accuracy, augment, predict, train_judge
+from vaelab.params import JudgeConfig, load_params
 
 TINY = JudgeConfig(widths=(8, 16, 16), epochs=20, batch_size=64, whiten_width=8, bf16=False)
 
@@ -55,3 +59,17 @@ def test_judge_learns_a_separable_task():
     assert feats.shape == (200, 16) and probs.shape == (200, 10)
     torch.testing.assert_close(probs.sum(1), torch.ones(200))
     assert accuracy(probs, yt) > 0.9
+
+
+@pytest.mark.slow
+def test_judge_reaches_target_accuracy_on_cifar10(tmp_path):
+    """The shipped judge recipe, trained on the full CIFAR-10 copy, classifies >= 85% of the test set."""
+    if not SHARED_TARBALL.is_file():
+        pytest.skip("needs the CIFAR-10 copy in ../shared/cifar10")
+    target = tmp_path / "data" / BATCHES_DIR
+    prepare([SHARED_TARBALL], "http://127.0.0.1:9/unreachable", "0" * 32, target, 1.0)
+    ds = load(target)
+    cfg = load_params(REPO / "params.yaml").judge
+    model = train_judge(ds.train_x, ds.train_y, cfg, seed=0, device=torch.device("cpu"))
+    _, probs = predict(model, ds.test_x, torch.device("cpu"), bf16=cfg.bf16)
+    assert accuracy(probs, ds.test_y) >= 0.85

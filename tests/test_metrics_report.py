@@ -51,8 +51,9 @@ def test_make_figures_builds_every_figure():
                  torch.arange(30) % 10, tuple(f"class{i}" for i in range(10)))
     history = pd.DataFrame([{"epoch": e, **{f"{s}_{k}": 1.0 / e for s in ("train", "test")
                                             for k in ("loss", "recon", "kl", "bpd")}} for e in (1, 2)])
-    figs = plots.make_figures(model, ds, history, [0.1 * j for j in range(6)], 1.0, FiguresConfig(traversal_dims=3),
-                              0, torch.device("cpu"))
+    response = pd.DataFrame({"dim": range(6), "brightness": [0, 0, 5.0, 0, 0, 0.1], "flip": [1.0] * 6})
+    figs = plots.make_figures(model, ds, history, [0.1 * j for j in range(6)], response, 1.0,
+                              FiguresConfig(traversal_dims=3), 0, torch.device("cpu"))
     assert set(figs) == {stem for stem, _ in report.FIGURES}
     ax = figs["interpolation_test"].axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
@@ -60,6 +61,24 @@ def test_make_figures_builds_every_figure():
     # Traversals: the top-KL dimensions first.
     rows = [t.get_text() for t in figs["traversals"].axes[0].get_yticklabels()]
     assert rows[0].startswith("z5") and rows[1].startswith("z4")
+    # Factor heatmap: one row per factor, the top share annotated (brightness: 5 / 5.1 on z2).
+    heat = figs["factor_response"].axes[0]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["brightness", "flip"]
+    assert "0.98" in [t.get_text() for t in heat.texts]
+
+
+def test_comparison_figures():
+    rows = [row(1, 120.0, 21.0, 6.4, 40), row(5, 30.0, 18.0, 6.9, 12, dist=14200.0)]
+    fig = plots.rate_distortion(rows)
+    ax = fig.axes[0]
+    xs, ys = ax.lines[0].get_data()
+    assert list(xs) == [120.0, 30.0] and list(ys) == [14000.0, 14200.0]
+    # The iso-line of beta = 1: rate + distortion stays at its negative ELBO.
+    lx, ly = ax.lines[1].get_data()
+    assert all(abs(a + b - 14120.0) < 1e-6 for a, b in zip(lx, ly))
+    bars = plots.kl_bars([(1.0, [0.5, 3.0, 1.0]), (5.0, [0.1, 0.2, 0.0])])
+    heights = [p.get_height() for p in bars.axes[0].patches]
+    assert heights == [3.0, 1.0, 0.5] and len(bars.axes) == 2
 
 
 def test_lerp_includes_endpoints():
@@ -69,10 +88,19 @@ def test_lerp_includes_endpoints():
     assert torch.equal(path[0], z1) and torch.equal(path[-1], z2)
 
 
-def row(beta, rate, psnr_db, bpd, au, dist=14000.0):
+def row(beta, rate, psnr_db, bpd, au, dist=14000.0, fcd=40.0, tc=20.0, factor=0.3, probe=0.4):
+    quality = {"fcd": fcd, "kid": fcd / 1000, "kid_std": 0.001, "judge_confidence": 0.6, "class_entropy": 3.1}
     return {"beta": beta, "tag": f"{beta:g}", "test_bpd": bpd, "rate_nats": rate, "distortion_nats": dist,
             "test_recon_mse": 10 ** (-psnr_db / 10), "test_psnr": psnr_db, "active_units": au, "latent_dim": 64,
-            "train_minutes": 10.0}
+            "train_minutes": 10.0, "test_iw_bpd": bpd - 0.05, "iw_samples": 64, "iw_images": 1000,
+            "total_correlation": tc, "tc_batch_size": 10000, "probe_accuracy": probe, "factor_score": factor,
+            **{f"factor_score_{f}": factor for f in report.FACTORS}, **quality,
+            **{f"recon_{k}": v / 2 for k, v in quality.items()}, "recon_judge_accuracy": 0.5, "n_samples": 10000,
+            "n_test_images": 10000}
+
+
+REFERENCE = {"test_accuracy": 0.87, "train_seconds": 200.0, "epochs": 8, "n_real": 10000, "real_fcd": 0.5,
+             "real_kid": 0.0001, "real_kid_std": 0.0001, "real_judge_confidence": 0.9, "real_class_entropy": 3.32}
 
 
 def test_summary_directions_follow_the_numbers():
@@ -90,12 +118,29 @@ def test_summary_directions_follow_the_numbers():
     assert "(not monotonically)" in three and "PSNR fell monotonically" in three
 
 
+def test_summary_weighs_quality_against_organisation():
+    lo = row(1, 120.0, 21.0, 6.4, 40, fcd=40.0, tc=30.0, factor=0.2, probe=0.45)
+    hi = row(5, 30.0, 18.0, 6.9, 12, fcd=60.0, tc=10.0, factor=0.4, probe=0.35)
+    text = report.summary([lo, hi], REFERENCE)
+    assert "FCD rose from 40.00 to 60.00 (real images: 0.50)" in text
+    assert "total correlation fell from 30.0 to 10.0 nats" in text
+    assert "on none of the four visual-quality numbers" in text
+    assert "on two of the three organisation numbers (total correlation, factor score)" in text
+    assert "traded visual quality for organisation" in text
+    # Swap the roles: the verdict follows.
+    text = report.summary([row(1, 120.0, 18.0, 6.4, 40, fcd=60.0, tc=10.0, factor=0.4, probe=0.45),
+                           row(5, 30.0, 21.0, 6.9, 12, fcd=40.0, tc=30.0, factor=0.2, probe=0.35)], REFERENCE)
+    assert "on three of the four visual-quality numbers (FCD, KID, PSNR)" in text and "on none of the three" in text
+    assert "helped the samples more than the organisation" in text
+
+
 def test_summary_numbers_come_from_rows_and_stay_short():
-    rows = [row(1, 123.4, 21.07, 6.412, 41), row(2, 77.7, 19.55, 6.6, 25), row(5, 31.2, 18.03, 6.93, 12)]
-    text = report.summary(rows)
+    rows = [row(1, 123.4, 21.07, 6.412, 41, fcd=41.3, tc=22.2), row(2, 77.7, 19.55, 6.6, 25, fcd=35.5, tc=14.4),
+            row(5, 31.2, 18.03, 6.93, 12, fcd=52.2, tc=9.9)]
+    text = report.summary(rows, REFERENCE)
     assert len(text.split()) <= 300
     allowed = set()
-    for r in rows:
+    for r in [*rows, REFERENCE]:
         for v in r.values():
             if isinstance(v, (int, float)):
                 allowed |= {f"{v:g}", f"{v:.0f}", f"{v:.1f}", f"{v:.2f}", f"{v:.3f}", f"{int(v)}"}
@@ -109,8 +154,14 @@ def test_summary_numbers_come_from_rows_and_stay_short():
 def test_render_has_table_figures_and_side_by_side():
     rows = [row(1, 120.0, 21.0, 6.4, 40), row(5, 30.0, 18.0, 6.9, 12)]
     md = report.render(rows, {"1": "figures/beta_1", "5": "figures/beta_5"},
-                       {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": ["z = 64"]})
-    assert "| 1 | 6.400 |" in md and "| 5 | 6.900 |" in md
+                       {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": ["z = 64"]},
+                       REFERENCE, {"rate_distortion": "comparison/rd.png", "kl_per_dim": "comparison/kl.png"})
+    assert "| 1 | 6.400 | 6.350 |" in md and "| 5 | 6.900 | 6.850 |" in md
+    assert "| real train images (reference) | 0.50 |" in md and "| β = 5: samples z ~ N(0, I) | 40.00 |" in md
+    assert "| β = 1: reconstructions | 20.00 |" in md
+    assert "| 5 | 12 | 20.0 | 0.400 | 0.300 |" in md  # organisation table
+    assert "(comparison/rd.png)" in md and "(comparison/kl.png)" in md
+    assert "87.0% test accuracy" in md
     for stem, _ in report.FIGURES:
         assert f"(figures/beta_1/{stem}.png)" in md and f"(figures/beta_5/{stem}.png)" in md
     assert "| β = 1 | β = 5 |" in md

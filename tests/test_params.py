@@ -44,6 +44,17 @@ def write(tmp_path: Path, raw: dict) -> Path:
         ({"data": {"subset": -1}}, "data.subset"),
         ({"seed": True}, "seed"),
         ({"data": "cifar"}, "data"),
+        ({"evaluate": {"iw_samples": 0}}, "evaluate.iw_samples"),
+        ({"evaluate": {"tc_batch_size": 1}}, "evaluate.tc_batch_size"),
+        ({"evaluate": {"hue_levels_deg": [0, 30]}}, "evaluate.hue_levels_deg"),
+        ({"evaluate": {"brightness_levels": [1.5]}}, "evaluate.brightness_levels"),
+        ({"evaluate": {"shift_levels_px": [0.5]}}, "evaluate.shift_levels_px[0]"),
+        ({"evaluate": {"kid_subsets": 0}}, "evaluate.kid_subsets"),
+        ({"evaluate": {"n_sample": 10}}, "evaluate.n_sample"),
+        ({"judge": {"widths": [32, 64]}}, "judge.widths"),
+        ({"judge": {"whiten_width": 7}}, "judge.whiten_width"),
+        ({"judge": {"epochs": 0}}, "judge.epochs"),
+        ({"tracking": {"judge_experiment": " "}}, "tracking.judge_experiment"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, raw, key):

@@ -69,6 +69,9 @@ def small_repo(tmp_path_factory) -> Path:
     params["data"]["url"] = "http://127.0.0.1:9/unreachable.tar.gz"  # the local copy must be enough
     params["data"]["subset"] = 1000
     params["train"]["epochs"] = 1
+    # A tiny judge and fewer samples: the pipeline's plumbing is under test here, not the judge's accuracy.
+    params["judge"].update({"widths": [8, 16, 16], "epochs": 2, "batch_size": 256})
+    params["evaluate"].update({"n_samples": 2000, "kid_subsets": 10, "iw_images": 100})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
@@ -106,7 +109,14 @@ def test_dvc_repro_end_to_end(small_repo):
     flat = json.dumps(shown)
     for tag in ("1", "5"):
         assert f"metrics/beta_{tag}/eval.json" in flat and f"metrics/beta_{tag}/train.json" in flat
-    assert '"test_bpd"' in flat and '"active_units"' in flat
+    for key in ("test_bpd", "test_iw_bpd", "rate_nats", "distortion_nats", "test_recon_mse", "test_psnr",
+                "active_units", "total_correlation", "probe_accuracy", "factor_score", "factor_score_hue", "fcd",
+                "kid", "kid_std", "judge_confidence", "class_entropy", "recon_fcd", "eval_seconds"):
+        assert f'"{key}"' in flat, key
+    assert "metrics/judge.json" in flat and '"test_accuracy"' in flat and '"real_fcd"' in flat
+    for section in ("## Likelihood and reconstruction", "## Sample quality", "## Organisation of the latent space",
+                    "| real train images (reference) |", "(comparison/rate_distortion.png)"):
+        assert section in md, section
 
     # MLflow: one finished run per beta, tagged, with per-epoch and final metrics.
     uri = f"sqlite:///{repo / 'mlflow.db'}"
@@ -128,6 +138,18 @@ def test_dvc_repro_end_to_end(small_repo):
     generator = tracking.load_model(run_file["model_uri"], uri)
     images = generator(torch.randn(4, 64))
     assert images.shape == (4, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+    # The judge: its own experiment, one finished run with per-epoch accuracy, and a loadable model.
+    (judge_run,) = tracking.find_runs(uri, "cifar10-judge")
+    assert judge_run["status"] == "FINISHED" and judge_run["tags"]["dvc_stage"] == "judge"
+    assert [s for s, _ in tracking.metric_history(uri, judge_run["run_id"], "test_accuracy")][:2] == [1, 2]
+    judge_file = json.loads((repo / "models" / "judge" / "mlflow_run.json").read_text())
+    logits = tracking.load_model(judge_file["model_uri"], uri)(torch.rand(3, 3, 32, 32))
+    assert logits.shape == (3, 10)
+    # The evaluation metrics are in each beta's run too, at the last epoch's step.
+    for r in runs.values():
+        for key in ("test_iw_bpd", "total_correlation", "fcd", "kid", "factor_score"):
+            assert key in r["metrics"], key
 
     # A second repro with nothing changed runs nothing.
     assert "didn't change, skipping" in _run(["dvc", "repro"], repo, env)

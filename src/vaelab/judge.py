@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,26 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vaelab.data import batch_indices
+from vaelab.params import JudgeConfig
 from vaelab.train import autocast
 
 CIFAR_MEAN = torch.tensor([125.307, 122.961, 113.8575]) / 255
 CIFAR_STD = torch.tensor([51.5865, 50.847, 51.255]) / 255
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Judge classifier architecture and recipe."""
-
-    widths: tuple[int, int, int] = (64, 256, 256)
-    epochs: float = 10.0
-    batch_size: int = 1024
-    lr: float = 11.5  # per 1024 examples, as in airbench (the loss is summed, not averaged)
-    momentum: float = 0.85
-    weight_decay: float = 0.0153
-    label_smoothing: float = 0.2
-    translate: int = 2  # random translation in pixels (reflection padded)
-    whiten_width: int = 24  # 2 * 12 whitening filters of 2x2x3 patches
-    bf16: bool = True
 
 
 class ConvGroup(nn.Module):
@@ -116,15 +100,19 @@ def train_judge(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> JudgeNet:
-    """Train the judge on uint8 images (N, 3, 32, 32) and labels (N,); returns it in eval mode."""
+    """Train the judge on uint8 images (N, 3, 32, 32) and labels (N,); returns it in eval mode.
+
+    on_epoch gets {epoch, train_loss (nats per image), epoch_seconds} and, given `test` images and labels,
+    the test accuracy without test-time augmentation."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = JudgeNet(cfg).to(device, memory_format=torch.channels_last)
     model.init_whitening(train_x[:5000].float().div(255).to(device))
     # airbench's parameterisation: lr and weight decay per 1024 examples of a summed loss, biases (BN shifts)
     # at 64x the learning rate, BN scales frozen at 1.
-    bs = cfg.batch_size
+    bs = min(cfg.batch_size, len(train_x))  # a tiny training set still gives one batch per epoch
     kilostep = 1024 * (1 + 1 / (1 - cfg.momentum))
     lr = cfg.lr / kilostep
     wd = cfg.weight_decay * bs / kilostep
@@ -162,25 +150,40 @@ def train_judge(
             loss_sum += loss.item()
             n += len(idx)
         if on_epoch is not None:
-            on_epoch({"epoch": epoch, "train_loss": loss_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0})
+            row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0}
+            if test is not None:
+                _, probs = predict(model, test[0], device, bf16=cfg.bf16, tta=False)
+                row["test_accuracy"] = accuracy(probs, test[1])
+                model.train()
+            on_epoch(row)
     return model.eval()
 
 
 @torch.no_grad()
-def predict(model: JudgeNet, x: torch.Tensor, device: torch.device, batch_size: int = 1000, bf16: bool = True
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, w3) and softmax probabilities (N, 10) of uint8 images, with flip TTA."""
+def predict(model: JudgeNet, x: torch.Tensor, device: torch.device, batch_size: int = 1000, bf16: bool = True,
+            tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features (N, w3) and softmax probabilities (N, 10) of uint8 images; with `tta` both are
+    averaged over the image and its mirror image."""
     model.eval()
     feats, probs = [], []
     for idx in batch_indices(len(x), batch_size, None):
         xb = x[idx].float().div(255).to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             f = model.features(xb).float()
-            f_flip = model.features(xb.flip(3)).float()
-        logits = (model.head(f) + model.head(f_flip)) / 18.0
-        feats.append(((f + f_flip) / 2).cpu())
+            if tta:
+                f = (f + model.features(xb.flip(3)).float()) / 2
+        # head is linear, so the head of the mean feature is the mean of the two logits
+        logits = model.head(f) / 9.0
+        feats.append(f.cpu())
         probs.append(logits.softmax(1).cpu())
     return torch.cat(feats), torch.cat(probs)
+
+
+def from_state(state: dict[str, torch.Tensor], cfg: JudgeConfig, device: torch.device) -> JudgeNet:
+    """A judge rebuilt from saved weights, in eval mode on `device`."""
+    model = JudgeNet(cfg)
+    model.load_state_dict(state)
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:

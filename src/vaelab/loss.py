@@ -15,6 +15,12 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; mu, exp(logvar)) in nats (broadcasting); sum over the last axis for a diagonal
+    Gaussian. With mu = logvar = 0 it is the standard-normal prior."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) * torch.exp(-logvar))
+
+
 def _discretized_log_prob(
     x: torch.Tensor,
     log_pdf_mid: torch.Tensor,

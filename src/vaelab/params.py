@@ -87,14 +87,70 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Test-set evaluation."""
+    """Test-set evaluation: likelihood bounds, latent organisation and sample quality."""
 
     batch_size: int = 500
     active_threshold: float = 0.01  # Burda et al. 2015: Cov_x E[z_j | x] > 0.01
+    iw_samples: int = 64  # K of the importance-weighted bound (Burda et al. 2015)
+    iw_images: int = 1000  # test images it is computed on
+    tc_batch_size: int = 10000  # minibatch M of the total-correlation estimator (= whole test set by default)
+    probe_l2: float = 1e-4  # L2 penalty of the linear probe on standardised mu
+    probe_steps: int = 300  # L-BFGS iterations of the probe
+    factor_images: int = 1000  # test images the factor responses are measured on
+    brightness_levels: tuple[float, ...] = (-0.2, -0.1, 0.1, 0.2)  # added to pixels on the [0, 1] scale
+    hue_levels_deg: tuple[float, ...] = (-60.0, -30.0, 30.0, 60.0)  # rotation about the grey axis of RGB
+    shift_levels_px: tuple[int, ...] = (-3, -2, 2, 3)  # horizontal translation, reflection padded
+    n_samples: int = 10000  # prior samples (and real / reconstructed images) scored by the judge
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(self.active_threshold > 0, "evaluate.active_threshold", "must be > 0")
+        _check(self.iw_samples >= 1, "evaluate.iw_samples", f"must be >= 1, got {self.iw_samples}")
+        _check(1 <= self.iw_images <= 10_000, "evaluate.iw_images", "must be in 1..10000")
+        _check(self.tc_batch_size >= 2, "evaluate.tc_batch_size", "must be >= 2")
+        _check(self.probe_l2 >= 0, "evaluate.probe_l2", "must be >= 0")
+        _check(self.probe_steps >= 1, "evaluate.probe_steps", "must be >= 1")
+        _check(2 <= self.factor_images <= 10_000, "evaluate.factor_images", "must be in 2..10000")
+        for key in ("brightness_levels", "hue_levels_deg", "shift_levels_px"):
+            levels = getattr(self, key)
+            _check(len(levels) >= 1 and all(v != 0 for v in levels), f"evaluate.{key}",
+                   f"must list at least one non-zero level, got {list(levels)}")
+        _check(all(abs(v) < 1 for v in self.brightness_levels), "evaluate.brightness_levels", "must lie in (-1, 1)")
+        _check(all(abs(v) <= 8 for v in self.shift_levels_px), "evaluate.shift_levels_px", "must lie in [-8, 8]")
+        _check(self.n_samples >= 2, "evaluate.n_samples", "must be >= 2")
+        _check(self.kid_subsets >= 1, "evaluate.kid_subsets", "must be >= 1")
+        _check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The judge classifier (airbench-style) whose features and softmax score samples."""
+
+    widths: tuple[int, ...] = (32, 128, 128)  # conv widths of the three groups (32 -> 16 -> 8 -> 4 -> 3 pixels)
+    epochs: float = 8.0
+    batch_size: int = 1024
+    lr: float = 11.5  # per 1024 examples of a summed loss, as in airbench
+    momentum: float = 0.85
+    weight_decay: float = 0.0153
+    label_smoothing: float = 0.2
+    translate: int = 2  # random translation in pixels (reflection padded)
+    whiten_width: int = 24  # 2 x 12 whitening filters of 2x2x3 patches
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        _check(len(self.widths) == 3 and all(w >= 1 for w in self.widths), "judge.widths",
+               f"must list 3 widths >= 1, got {list(self.widths)}")
+        _check(self.epochs > 0, "judge.epochs", "must be > 0")
+        _check(self.batch_size >= 2, "judge.batch_size", "must be >= 2")
+        _check(self.lr > 0, "judge.lr", "must be > 0")
+        _check(0 <= self.momentum < 1, "judge.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "judge.weight_decay", "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, "judge.label_smoothing", "must be in [0, 1)")
+        _check(0 <= self.translate <= 8, "judge.translate", "must be in 0..8")
+        _check(self.whiten_width >= 2 and self.whiten_width % 2 == 0 and self.whiten_width <= 24,
+               "judge.whiten_width", "must be even, in 2..24 (pairs of the 12 patch eigenvectors)")
 
 
 @dataclass(frozen=True)
@@ -122,10 +178,12 @@ class TrackingConfig:
     """MLflow experiment; an empty uri means sqlite:///<repo>/mlflow.db (MLFLOW_TRACKING_URI overrides)."""
 
     experiment: str = "cifar10-beta-vae"
+    judge_experiment: str = "cifar10-judge"  # the judge's run, kept apart so beta runs compare cleanly
     uri: str = ""
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
+        _check(bool(self.judge_experiment.strip()), "tracking.judge_experiment", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -137,6 +195,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     figures: FiguresConfig = field(default_factory=FiguresConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from vaelab import data  # noqa: E402
-from vaelab.metrics import encode  # noqa: E402
+from vaelab.metrics import decode_uint8, encode  # noqa: E402
 from vaelab.model import VAE  # noqa: E402
 from vaelab.params import FiguresConfig  # noqa: E402
 
@@ -78,20 +78,79 @@ def save(fig: plt.Figure, path) -> None:
     plt.close(fig)
 
 
-def decode_uint8(model: VAE, z: torch.Tensor) -> torch.Tensor:
-    """Decoder mean images of codes z (N, z) as uint8 (N, 3, 32, 32)."""
-    with torch.no_grad():
-        return data.to_uint8(model.decode(z.to(next(model.parameters()).device)).float().cpu())
-
-
 def lerp(z1: torch.Tensor, z2: torch.Tensor, steps: int) -> torch.Tensor:
     """`steps` points from z1 to z2 on a straight line, endpoints included: (steps, z)."""
     t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
     return (1 - t) * z1 + t * z2
 
 
-def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: list[float], beta: float,
-                 cfg: FiguresConfig, seed: int, device: torch.device) -> dict[str, plt.Figure]:
+def factor_heatmap(response: pd.DataFrame, kl_dims: Sequence[float], title: str) -> plt.Figure:
+    """Heatmap of each factor's share of its response (rows) over latent dimensions (columns, sorted by KL,
+    highest first); `response` has a `dim` column and one column per factor (mean squared change of mu)."""
+    names = [c for c in response.columns if c != "dim"]
+    order = sorted(range(len(kl_dims)), key=lambda j: -kl_dims[j])
+    r = response[names].to_numpy().T[:, order]  # (factors, dims)
+    share = r / np.clip(r.sum(1, keepdims=True), 1e-30, None)
+    fig, ax = plt.subplots(figsize=(min(14, 2 + 0.16 * len(order)), 0.5 * len(names) + 1.6), constrained_layout=True)
+    im = ax.imshow(share, aspect="auto", cmap="magma", vmin=0, vmax=max(float(share.max()), 1e-9))
+    ax.set_yticks(range(len(names)), names)
+    step = max(1, len(order) // 16)
+    ax.set_xticks(range(0, len(order), step), [f"z{order[i]}" for i in range(0, len(order), step)], fontsize=7,
+                  rotation=90)
+    ax.set_xlabel("latent dimension, sorted by KL (highest first)")
+    for i, row in enumerate(share):
+        top = int(row.argmax())
+        # Dark text on the bright (top) cells of the colour map, light text on dark ones.
+        light = row[top] < 0.6 * float(share.max())
+        ax.text(top, i, f"{row[top]:.2f}", ha="center", va="center", fontsize=7, color="white" if light else "black")
+    fig.colorbar(im, ax=ax, label="share of the factor's response")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def rate_distortion(rows: Sequence[dict], title: str = "Rate–distortion plane") -> plt.Figure:
+    """One point per beta (rate vs distortion, nats per image) and the ELBO iso-line through beta = 1
+    (or the smallest beta): rate + distortion = its negative ELBO."""
+    rows = sorted(rows, key=lambda r: r["beta"])
+    ref = next((r for r in rows if r["beta"] == 1), rows[0])
+    fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
+    rates = [r["rate_nats"] for r in rows]
+    dists = [r["distortion_nats"] for r in rows]
+    ax.plot(rates, dists, "o-", color="tab:blue", zorder=3)
+    for r in rows:
+        ax.annotate(f"β = {r['beta']:g}", (r["rate_nats"], r["distortion_nats"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize=9)
+    total = ref["rate_nats"] + ref["distortion_nats"]
+    lo, hi = 0.0, max(rates) * 1.3 + 1
+    ax.plot([lo, hi], [total - lo, total - hi], "--", color="gray",
+            label=f"ELBO of β = {ref['beta']:g}: R + D = {total:.0f} nats")
+    pad = 0.1 * (max(dists) - min(dists) + max(rates) - min(rates) + 1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(min(dists) - pad, max(dists) + pad)
+    ax.set_xlabel("rate: KL(q(z|x) ‖ p(z)) (nats per image)")
+    ax.set_ylabel("distortion: −log p(x|z) (nats per image)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def kl_bars(kl_by_beta: Sequence[tuple[float, Sequence[float]]]) -> plt.Figure:
+    """Per-dimension KL (nats), sorted, one panel per beta, on a shared axis."""
+    n = len(kl_by_beta)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), sharey=True, constrained_layout=True, squeeze=False)
+    for ax, (beta, kl) in zip(axes[0], kl_by_beta):
+        ax.bar(range(len(kl)), sorted(kl, reverse=True), width=1.0, color="tab:blue")
+        ax.set_title(f"β = {beta:g}: {sum(kl):.1f} nats in {len(kl)} dims", fontsize=9)
+        ax.set_xlabel("latent dimension (sorted)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("KL per dimension (nats)")
+    return fig
+
+
+def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: list[float],
+                 response: pd.DataFrame, beta: float, cfg: FiguresConfig, seed: int, device: torch.device
+                 ) -> dict[str, plt.Figure]:
     """All figures of one model, keyed by file stem. Prior codes depend only on the seed, so every beta
     decodes the same z (the report's side-by-side)."""
     g = torch.Generator().manual_seed(seed)
@@ -135,4 +194,6 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     figs["traversals"] = image_table(
         rows, f"β = {beta:g}: traversals of the {len(top)} highest-KL dimensions (others at a test image's μ)",
         row_labels=[f"z{j} ({kl_dims[j]:.1f} nats)" for j in top], col_labels=[f"{v:+.1f}" for v in values.tolist()])
+    figs["factor_response"] = factor_heatmap(
+        response, kl_dims, f"β = {beta:g}: where each controlled factor moves the code (share of Σ_j Δμ_j²)")
     return figs

@@ -10,33 +10,77 @@ FIGURES = (
     ("interpolation_test", "Interpolation between the codes of two test images of different classes"),
     ("reconstructions", "Reconstructions"),
     ("traversals", "Latent traversals of the highest-KL dimensions"),
+    ("factor_response", "Factor response: each controlled factor's share of the change in μ, per dimension"),
 )
+FACTORS = ("brightness", "hue", "flip", "shift")
 
-# (key, header, format) of the metric table, in column order.
-COLUMNS = (
+# (key, header, format) of each table, in column order.
+LIKELIHOOD_COLUMNS = (
     ("beta", "β", "{:g}"),
     ("test_bpd", "test bits/dim ↓", "{:.3f}"),
-    ("rate_nats", "KL / rate (nats)", "{:.1f}"),
+    ("test_iw_bpd", "IW bits/dim ↓", "{:.3f}"),
+    ("rate_nats", "rate (nats)", "{:.1f}"),
     ("distortion_nats", "distortion (nats)", "{:.0f}"),
     ("test_recon_mse", "recon MSE", "{:.5f}"),
     ("test_psnr", "PSNR (dB) ↑", "{:.2f}"),
-    ("active_units", "active units", "{:d}"),
     ("train_minutes", "train time (min)", "{:.1f}"),
+)
+QUALITY_COLUMNS = (
+    ("fcd", "FCD ↓", "{:.2f}"),
+    ("kid", "KID ↓", "{:.4f}"),
+    ("kid_std", "KID std", "{:.4f}"),
+    ("judge_confidence", "judge confidence ↑", "{:.3f}"),
+    ("class_entropy", "class entropy (bits)", "{:.2f}"),
+)
+ORGANISATION_COLUMNS = (
+    ("beta", "β", "{:g}"),
+    ("active_units", "active units", "{:d}"),
+    ("total_correlation", "total correlation (nats) ↓", "{:.1f}"),
+    ("probe_accuracy", "probe accuracy ↑", "{:.3f}"),
+    ("factor_score", "factor score ↑", "{:.3f}"),
+    *((f"factor_score_{f}", f"{f}", "{:.3f}") for f in FACTORS),
 )
 
 
+def _cell(value: Any, fmt: str) -> str:
+    return fmt.format(int(value)) if fmt == "{:d}" else fmt.format(value)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]],
+          label: tuple[str, Sequence[str]] | None = None) -> str:
+    """A markdown table of `rows` over `columns`; `label` = (header, one label per row) adds a first column."""
+    heads = ([label[0]] if label else []) + [h for _, h, _ in columns]
+    lines = ["| " + " | ".join(heads) + " |",
+             "|" + ("---|" if label else "") + "|".join("---:" for _ in columns) + "|"]
+    for i, r in enumerate(rows):
+        cells = ([label[1][i]] if label else []) + [_cell(r[k], fmt) for k, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def metric_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown table with one row per beta (rows sorted by beta)."""
-    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    sep = "|" + "|".join("---:" for _ in COLUMNS) + "|"
-    body = []
-    for r in sorted(rows, key=lambda r: r["beta"]):
-        cells = []
-        for key, _, fmt in COLUMNS:
-            v = r[key]
-            cells.append(fmt.format(int(v)) if fmt == "{:d}" else fmt.format(v))
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, sep, *body])
+    """Likelihood and reconstruction, one row per beta (sorted by beta)."""
+    return table(sorted(rows, key=lambda r: r["beta"]), LIKELIHOOD_COLUMNS)
+
+
+def quality_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> str:
+    """Sample quality by the judge: the real-image reference row, then per beta its prior samples and its
+    reconstructions of test images."""
+    rows = sorted(rows, key=lambda r: r["beta"])
+    body = [{k: reference[f"real_{k}"] for k, _, _ in QUALITY_COLUMNS}]
+    labels = ["real train images (reference)"]
+    for r in rows:
+        body.append({k: r[k] for k, _, _ in QUALITY_COLUMNS})
+        labels.append(f"β = {r['beta']:g}: samples z ~ N(0, I)")
+    for r in rows:
+        body.append({k: r[f"recon_{k}"] for k, _, _ in QUALITY_COLUMNS})
+        labels.append(f"β = {r['beta']:g}: reconstructions")
+    return table(body, QUALITY_COLUMNS, ("images", labels))
+
+
+def organisation_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Organisation of the latent space, one row per beta."""
+    return table(sorted(rows, key=lambda r: r["beta"]), ORGANISATION_COLUMNS)
 
 
 def _change(a: float, b: float, rel_tol: float = 0.005) -> str:
@@ -56,20 +100,39 @@ def _trend(values: Sequence[float]) -> str:
     return " (not monotonically)"
 
 
-def summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    """At most 300 words on what changing beta did; every number is taken from `rows`, and each direction
-    word is computed from them."""
+WORDS = ("none", "one", "two", "three", "four", "five")
+
+# Directional numbers of the verdict: (key, name, higher is better).
+QUALITY_VERDICT = (("fcd", "FCD", False), ("kid", "KID", False), ("judge_confidence", "judge confidence", True),
+                   ("test_psnr", "PSNR", True))
+ORGANISATION_VERDICT = (("total_correlation", "total correlation", False), ("factor_score", "factor score", True),
+                        ("probe_accuracy", "probe accuracy", True))
+
+
+def _better(lo: Mapping[str, Any], hi: Mapping[str, Any], verdict: Sequence[tuple[str, str, bool]]) -> list[str]:
+    """Names of the numbers on which `hi` beats `lo` by more than the tolerance of `_change`."""
+    wins = []
+    for key, name, higher in verdict:
+        how = _change(lo[key], hi[key])
+        if how != "stayed about the same" and (how == "rose") == higher:
+            wins.append(name)
+    return wins
+
+
+def summary(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] | None = None) -> str:
+    """At most 300 words on what changing beta did to visual quality and to the organisation of the code;
+    every number is taken from `rows` (and the real-image `reference`), each direction word is computed."""
     rows = sorted(rows, key=lambda r: r["beta"])
     if len(rows) == 1:
         r = rows[0]
         return (f"Only β = {r['beta']:g} is listed, so there is no comparison: it reaches {r['test_bpd']:.3f} "
-                f"bits/dim on the test set with a rate of {r['rate_nats']:.1f} nats, PSNR {r['test_psnr']:.2f} dB "
-                f"and {r['active_units']} active units of {r['latent_dim']}. Add β values to `train.betas` in "
-                f"params.yaml to compare.")
+                f"bits/dim on the test set with a rate of {r['rate_nats']:.1f} nats, PSNR {r['test_psnr']:.2f} dB, "
+                f"{r['active_units']} active units of {r['latent_dim']}, FCD {r['fcd']:.2f} and total correlation "
+                f"{r['total_correlation']:.1f} nats. Add β values to `train.betas` in params.yaml to compare.")
     lo, hi = rows[0], rows[-1]
     betas = ", ".join(f"{r['beta']:g}" for r in rows)
 
-    def sentence(key: str, name: str, fmt: str, unit: str) -> str:
+    def sentence(key: str, name: str, fmt: str, unit: str = "") -> str:
         vals = [r[key] for r in rows]
         how = _change(lo[key], hi[key])
         a, b = fmt.format(lo[key]), fmt.format(hi[key])
@@ -104,32 +167,108 @@ def summary(rows: Sequence[Mapping[str, Any]]) -> str:
             f"The larger β cut the rate by {lo['rate_nats'] - hi['rate_nats']:.1f} nats while PSNR moved by only "
             f"{abs(lo['test_psnr'] - hi['test_psnr']):.2f} dB: most of the information it removed from the code "
             f"did not show up as pixel error.")
+    ref = ""
+    if reference is not None:
+        ref = f" (real images: {reference['real_fcd']:.2f})"
+    parts.append(
+        "Visual quality of prior samples, by the judge: "
+        + "; ".join([sentence("fcd", "FCD", "{:.2f}") + ref, sentence("kid", "KID", "{:.4f}"),
+                     sentence("judge_confidence", "judge confidence", "{:.3f}"),
+                     sentence("class_entropy", "class entropy", "{:.2f}", " bits")]) + ".")
+    parts.append(
+        "Organisation of the code: "
+        + "; ".join([sentence("total_correlation", "total correlation", "{:.1f}", " nats"),
+                     sentence("factor_score", "the factor score", "{:.3f}"),
+                     sentence("probe_accuracy", "linear-probe accuracy", "{:.3f}")]) + ".")
+    q = _better(lo, hi, QUALITY_VERDICT)
+    o = _better(lo, hi, ORGANISATION_VERDICT)
+    verdict = (f"β = {hi['beta']:g} beats β = {lo['beta']:g} on {WORDS[len(q)]} of the {WORDS[len(QUALITY_VERDICT)]} "
+               f"visual-quality numbers ({', '.join(q) or 'none'}) and on {WORDS[len(o)]} of the "
+               f"{WORDS[len(ORGANISATION_VERDICT)]} organisation numbers ({', '.join(o) or 'none'})")
+    q_up, o_up = 2 * len(q) > len(QUALITY_VERDICT), 2 * len(o) > len(ORGANISATION_VERDICT)
+    if o_up and not q_up:
+        verdict += ": in this run the larger β traded visual quality for organisation."
+    elif q_up and not o_up:
+        verdict += ": in this run the larger β helped the samples more than the organisation of the code."
+    elif q_up and o_up:
+        verdict += ": in this run the larger β helped both."
+    else:
+        verdict += ": in this run the larger β helped neither on balance."
+    parts.append(verdict)
     return " ".join(parts)
 
 
-def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any]) -> str:
-    """The whole report as markdown. `figures` maps a beta tag to its figures folder relative to the report;
-    `setup` describes the run (epochs, data size, model) for the header and the modelling-choices section."""
+def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any],
+           reference: Mapping[str, Any], comparison: Mapping[str, str]) -> str:
+    """The whole report as markdown. `figures` maps a beta tag to its figures folder relative to the report,
+    `comparison` a cross-beta figure stem to its path; `setup` describes the run (epochs, data size, model
+    choices); `reference` holds the judge's metrics and the real-image reference row."""
     rows = sorted(rows, key=lambda r: r["beta"])
+    r0 = rows[0]
     lines = [
         "# β-VAE on CIFAR-10: report",
         "",
-        f"Generated by `dvc repro` from the measured metrics files (`metrics/beta_*/`). "
-        f"{setup['n_train']} training and {setup['n_test']} test images, {setup['epochs']} epochs per model, "
-        f"seed {setup['seed']}.",
+        f"Generated by `dvc repro` from the measured metrics files (`metrics/`). {setup['n_train']} training and "
+        f"{setup['n_test']} test images, {setup['epochs']} epochs per model, seed {setup['seed']}. Sample quality is "
+        f"judged by the pipeline's own CIFAR-10 classifier (stage `judge`): {100 * reference['test_accuracy']:.1f}% "
+        f"test accuracy after {reference['train_seconds'] / 60:.1f} min of training ({reference['epochs']:g} epochs).",
         "",
-        "## Metrics per β",
+        "## Summary",
+        "",
+        summary(rows, reference),
+        "",
+        "## Likelihood and reconstruction",
         "",
         metric_table(rows),
         "",
         "bits/dim is the test-set negative ELBO (β = 1 weighting, one posterior sample per image) under the "
-        "decoder's discrete 256-level likelihood; rate is KL(q(z|x) ‖ p(z)) and distortion −log p(x|z), in nats "
-        "per image; PSNR compares the decoded posterior mean with the input on the [0, 1] scale; a unit is active "
-        "when Cov_x E[z_j|x] > 0.01 (Burda et al. 2015).",
+        "decoder's discrete 256-level likelihood; IW bits/dim is the importance-weighted bound (Burda et al. 2015) "
+        f"with K = {r0['iw_samples']} samples on {r0['iw_images']} test images, a tighter bound on −log p(x). Rate "
+        "is KL(q(z|x) ‖ p(z)) and distortion −log p(x|z), in nats per image; PSNR compares the decoded posterior "
+        "mean with the input on the [0, 1] scale.",
         "",
-        "## Summary",
+        "## Sample quality",
         "",
-        summary(rows),
+        quality_table(rows, reference),
+        "",
+        f"Each β contributes {r0['n_samples']} prior samples and the reconstructions (decoded μ) of "
+        f"{min(r0['n_samples'], r0['n_test_images'])} test images; the reference is {reference['n_real']} real "
+        "training images. Every set is compared with the test images through the judge's penultimate features "
+        "(flip-averaged). FCD is the Fréchet distance "
+        "between Gaussians fitted to the two feature sets (FID's formula on our judge); KID is the unbiased "
+        "squared MMD with the cubic polynomial kernel (Bińkowski et al. 2018), mean and standard deviation over "
+        "random subsets. Judge confidence is the mean max-softmax; class entropy is the entropy of the histogram "
+        "of predicted classes (log2 10 = 3.32 bits: all ten classes equally often). The real-image row is the "
+        "floor of FCD and KID and the ceiling of confidence. Reconstructions are classified correctly "
+        + ", ".join(f"{100 * r['recon_judge_accuracy']:.1f}% of the time at β = {r['beta']:g}" for r in rows)
+        + f" (real test images: {100 * reference['test_accuracy']:.1f}%).",
+        "",
+        "## Organisation of the latent space",
+        "",
+        organisation_table(rows),
+        "",
+        f"- **Active units** (Burda et al. 2015): dimensions with Cov_x E[z_j|x] > 0.01, out of {r0['latent_dim']}.",
+        "- **Total correlation** KL(q(z) ‖ Π_j q(z_j)) of the aggregate posterior on the test set, in nats: "
+        "minibatch-weighted sampling (Chen et al. 2018, β-TCVAE) with one z ~ q(z|x) per test image and "
+        f"minibatches of M = {r0['tc_batch_size']} codes, so log q(z) is the log-mean of q(z|x_n) over the batch "
+        "(with M = all test images it is exact for the test set). The paper's 1/(NM) weights would add the "
+        "constant (D − 1)·log N; it is left out, so independent codes give 0. With N test codes the estimate "
+        "cannot resolve mutual information above log N, so compare it across β, not with other papers.",
+        "- **Probe accuracy**: multinomial logistic regression (L-BFGS, L2) on the standardised posterior means "
+        "of the training images, scored on the test images; how linearly the class can be read from μ.",
+        "- **Factor score**: controlled factors applied to test images — brightness (added to every pixel), "
+        "hue (rotation of RGB about the grey axis), horizontal flip, horizontal shift (reflection padded), each at "
+        "the levels in `params.yaml` (`evaluate`). For each factor, response_j is the mean over images and "
+        "levels of (μ_j(changed image) − μ_j(image))², in squared prior units; its share of the total over j "
+        "is plotted in the factor-response heatmaps. The score is the share of the most responsive dimension "
+        "minus that of the second (MIG-style gap): 1 = one dimension carries the factor, 0 = spread evenly. "
+        "The table gives each factor and their mean.",
+        "",
+        "## Rate–distortion plane and KL per dimension",
+        "",
+        f"![Rate–distortion plane]({comparison['rate_distortion']})",
+        "",
+        f"![KL per dimension, sorted, one panel per β]({comparison['kl_per_dim']})",
         "",
         "## Same z, every β",
         "",

@@ -52,21 +52,26 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_model(path: str | Path, model: VAE, config: dict[str, Any]) -> None:
+def save_model(path: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
     """Save weights with the resolved config (plain types only, so loading needs no unpickling of objects)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "config": config}, tmp)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """Load a model saved by `save_model` (weights_only=True: nothing arbitrary is unpickled)."""
+def load_state(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and config saved by `save_model` (weights_only=True: nothing arbitrary is unpickled)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path} (run the train stage: dvc repro)")
+        raise FileNotFoundError(f"model file not found: {path} (run its stage: dvc repro)")
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    config = ckpt["config"]
+    return ckpt["state_dict"], ckpt["config"]
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """Load a VAE saved by `save_model`, in eval mode on `device`."""
+    state, config = load_state(path, device)
     model = VAE(from_dict(ModelConfig, config["model"]))
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state)
     model.to(device, memory_format=torch.channels_last).eval()
     return model, config

@@ -72,12 +72,13 @@ def log_artifact(path: Path, folder: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=folder)
 
 
-def log_model(generator: torch.nn.Module, latent_dim: int) -> str:
-    """Log the z -> image generator with an input example; returns the model URI (models:/...)."""
-    example = np.zeros((2, latent_dim), dtype=np.float32)
+def log_model(module: torch.nn.Module, input_shape: tuple[int, ...], name: str = "model") -> str:
+    """Log a torch module with a zero input example of shape (2, *input_shape) (which also gives it a
+    signature); returns the model URI (models:/...)."""
+    example = np.zeros((2, *input_shape), dtype=np.float32)
     info = mlflow.pytorch.log_model(
-        generator.cpu().eval(),
-        name="model",
+        module.cpu().eval(),
+        name=name,
         input_example=example,
         # Explicit requirements: inferring them would import the model in a subprocess, slowly.
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
@@ -86,7 +87,7 @@ def log_model(generator: torch.nn.Module, latent_dim: int) -> str:
 
 
 def load_model(model_uri: str, uri: str | None = None) -> torch.nn.Module:
-    """Load a logged generator back as a torch module (z (B, z) -> images (B, 3, 32, 32) in [0, 1])."""
+    """Load a logged model back as a torch module (a generator maps z (B, z) -> images (B, 3, 32, 32) in [0, 1])."""
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")

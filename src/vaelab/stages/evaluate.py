@@ -1,42 +1,100 @@
-"""DVC stage `evaluate@<beta>`: test-set metrics of one model, as DVC metrics and in its MLflow run."""
+"""DVC stage `evaluate@<beta>`: every test-set metric of one model (likelihood, latent organisation, sample
+quality by the judge), as DVC metrics and in its MLflow run."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from vaelab import data, storage, tracking
-from vaelab.metrics import evaluate
-from vaelab.params import ParamsError, load_params
+from vaelab import data, factors, judge, metrics, storage, tracking
+from vaelab.loss import bits_per_dim
+from vaelab.params import JudgeConfig, from_dict
 from vaelab.stages import layout
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        params = load_params(layout.PARAMS_FILE)
-        beta, paths = layout.beta_arg(argv, params, __doc__)
-    except ParamsError as e:
-        print(f"evaluate: {e}", file=sys.stderr)
-        return 2
-    layout.set_threads(params.train.threads)
+    params, beta, paths = layout.beta_stage("evaluate", argv, __doc__)
+    ev, seed = params.evaluate, params.seed
+    t0 = time.perf_counter()
     device = layout.device()
     model, config = storage.load_model(paths.model, device)
+    bf16 = config["train"]["bf16"]
+    state, judge_config = storage.load_state(layout.JUDGE_MODEL, device)
+    judge_cfg = from_dict(JudgeConfig, judge_config["judge"])
+    judge_net = judge.from_state(state, judge_cfg, device)
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
-    metrics, kl_dims = evaluate(model, ds.test_x, device, params.evaluate.batch_size,
-                                params.evaluate.active_threshold, bf16=config["train"]["bf16"], seed=params.seed)
-    metrics = {"beta": beta, **metrics}
-    storage.write_json(paths.eval_metrics, metrics)
+    n_test = len(ds.test_x)
+
+    clock = [t0]
+
+    def timed(name: str) -> None:
+        now = time.perf_counter()
+        print(f"evaluate: β = {beta:g}: {name} ({now - clock[0]:.1f} s)")
+        clock[0] = now
+
+    # Likelihood, rate, distortion, reconstruction error, active units.
+    m, kl_dims = metrics.evaluate(model, ds.test_x, device, ev.batch_size, ev.active_threshold, bf16=bf16, seed=seed)
+    timed("negative ELBO")
+    n_iw = min(ev.iw_images, n_test)
+    iw = metrics.iw_log_likelihood(model, ds.test_x[:n_iw], device, ev.iw_samples, ev.batch_size, bf16, seed)
+    m["test_iw_bpd"] = float(bits_per_dim(-iw.mean()))
+    m["iw_samples"], m["iw_images"] = ev.iw_samples, n_iw
+    timed(f"importance-weighted bound, K = {ev.iw_samples}")
+
+    # Organisation of the latent space.
+    mu, logvar = metrics.encode(model, ds.test_x, device, ev.batch_size, bf16)
+    m["tc_batch_size"] = min(ev.tc_batch_size, n_test)
+    m["total_correlation"] = metrics.total_correlation(mu, logvar, ev.tc_batch_size, seed)
+    timed("total correlation")
+    train_mu, _ = metrics.encode(model, ds.train_x, device, ev.batch_size, bf16)
+    m["probe_accuracy"] = metrics.linear_probe(train_mu, ds.train_y, mu, ds.test_y, ev.probe_l2, ev.probe_steps)
+    timed("linear probe")
+    n_factor = min(ev.factor_images, n_test)
+    response = factors.factor_response(lambda x: metrics.encode(model, x, device, ev.batch_size, bf16)[0],
+                                       ds.test_x[:n_factor], factors.factor_transforms(ev))
+    for name, r in response.items():
+        m[f"factor_score_{name}"] = factors.factor_score(r)
+    m["factor_score"] = sum(factors.factor_score(r) for r in response.values()) / len(response)
+    timed("factor scores")
+
+    # Sample quality, judged against the judge's features of the test images.
+    test_feats, _ = judge.predict(judge_net, ds.test_x, device, bf16=judge_cfg.bf16)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(ev.n_samples, model.cfg.latent_dim, generator=g)
+    samples = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
+    feats, probs = judge.predict(judge_net, samples, device, bf16=judge_cfg.bf16)
+    m.update(metrics.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, seed))
+    m["n_samples"] = ev.n_samples
+    timed(f"{ev.n_samples} prior samples judged")
+    n_rec = min(ev.n_samples, n_test)
+    recon = torch.cat([metrics.decode_uint8(model, mb) for mb in mu[:n_rec].split(ev.batch_size)])
+    feats, probs = judge.predict(judge_net, recon, device, bf16=judge_cfg.bf16)
+    rec = metrics.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, seed)
+    m.update({f"recon_{k}": v for k, v in rec.items()})
+    m["recon_judge_accuracy"] = float((probs.argmax(1) == ds.test_y[:n_rec]).double().mean())
+    timed("reconstructions judged")
+    m["eval_seconds"] = time.perf_counter() - t0
+
+    metrics_out = {"beta": beta, **m}
+    storage.write_json(paths.eval_metrics, metrics_out)
     kl = pd.DataFrame({"dim": range(len(kl_dims)), "kl_nats": kl_dims})
     storage.write_text(paths.kl_per_dim, kl.to_csv(index=False))
+    table = pd.DataFrame({"dim": range(len(kl_dims)), **{k: v.tolist() for k, v in response.items()}})
+    storage.write_text(paths.factor_response, table.to_csv(index=False))
     run = storage.read_json(paths.run_file)
     with tracking.run(run["tracking_uri"], run["experiment"], f"beta={beta:g}", run_id=run["run_id"]):
         # At the last epoch's step: the per-epoch charts end on the definitive test-set numbers.
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "beta"}, step=config["train"]["epochs"])
+        tracking.log_metrics(m, step=config["train"]["epochs"])
         tracking.log_artifact(paths.kl_per_dim)
-    print(f"evaluate: β = {beta:g}: {metrics['test_bpd']:.3f} bits/dim, PSNR {metrics['test_psnr']:.2f} dB, "
-          f"KL {metrics['rate_nats']:.1f} nats, {metrics['active_units']} active units")
+        tracking.log_artifact(paths.factor_response)
+    print(f"evaluate: β = {beta:g}: {m['test_bpd']:.3f} bits/dim (IW {m['test_iw_bpd']:.3f}), PSNR "
+          f"{m['test_psnr']:.2f} dB, KL {m['rate_nats']:.1f} nats, {m['active_units']} active units, TC "
+          f"{m['total_correlation']:.1f} nats, probe {m['probe_accuracy']:.3f}, factor score {m['factor_score']:.3f}, "
+          f"fcd {m['fcd']:.2f}, kid {m['kid']:.4f}, confidence {m['judge_confidence']:.3f}, class entropy "
+          f"{m['class_entropy']:.2f} bits; {m['eval_seconds']:.0f} s")
     return 0
 
 

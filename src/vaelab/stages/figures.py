@@ -1,4 +1,5 @@
-"""DVC stage `figures@<beta>`: training curves, prior samples, interpolations, reconstructions, traversals."""
+"""DVC stage `figures@<beta>`: training curves, prior samples, interpolations, reconstructions, traversals,
+factor responses."""
 from __future__ import annotations
 
 import sys
@@ -7,24 +8,18 @@ from pathlib import Path
 import pandas as pd
 
 from vaelab import data, plots, storage, tracking
-from vaelab.params import ParamsError, load_params
 from vaelab.stages import layout
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        params = load_params(layout.PARAMS_FILE)
-        beta, paths = layout.beta_arg(argv, params, __doc__)
-    except ParamsError as e:
-        print(f"figures: {e}", file=sys.stderr)
-        return 2
-    layout.set_threads(params.train.threads)
+    params, beta, paths = layout.beta_stage("figures", argv, __doc__)
     device = layout.device()
     model, config = storage.load_model(paths.model, device)
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     history = pd.read_csv(paths.history)
     kl_dims = pd.read_csv(paths.kl_per_dim)["kl_nats"].tolist()
-    figs = plots.make_figures(model, ds, history, kl_dims, beta, params.figures, params.seed, device)
+    response = pd.read_csv(paths.factor_response)
+    figs = plots.make_figures(model, ds, history, kl_dims, response, beta, params.figures, params.seed, device)
     paths.figures.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in figs.items():

@@ -4,15 +4,24 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vaelab.params import ParamsError, Params
+from vaelab.params import ParamsError, Params, load_params
 
 PARAMS_FILE = Path("params.yaml")
 BATCHES = Path("cifar-10-batches-py")
+
+# The judge classifier (stage `judge`) and the cross-beta figures of the report stage.
+JUDGE_DIR = Path("models") / "judge"
+JUDGE_MODEL = JUDGE_DIR / "judge.pt"
+JUDGE_RUN = JUDGE_DIR / "mlflow_run.json"
+JUDGE_METRICS = Path("metrics") / "judge.json"
+JUDGE_HISTORY = Path("metrics") / "judge_history.csv"
+COMPARISON = Path("reports") / "comparison"
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,10 @@ class BetaPaths:
         return self.metrics_dir / "kl_per_dim.csv"
 
     @property
+    def factor_response(self) -> Path:
+        return self.metrics_dir / "factor_response.csv"
+
+    @property
     def figures(self) -> Path:
         return Path("reports") / "figures" / f"beta_{self.tag}"
 
@@ -81,6 +94,19 @@ def beta_arg(argv: list[str] | None, params: Params, description: str) -> tuple[
     if not math.isfinite(beta) or beta not in params.train.betas:
         raise ParamsError(f"--beta {args.beta} is not listed in params.yaml train.betas {list(params.train.betas)}")
     return beta, BetaPaths(args.beta)
+
+
+def beta_stage(name: str, argv: list[str] | None, description: str) -> tuple[Params, float, BetaPaths]:
+    """The opening of every per-beta stage: read params.yaml, parse `--beta`, set the thread count.
+    Bad params or a beta not listed exit with status 2 and a message naming the problem."""
+    try:
+        params = load_params(PARAMS_FILE)
+        beta, paths = beta_arg(argv, params, description)
+    except ParamsError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    set_threads(params.train.threads)
+    return params, beta, paths
 
 
 def device() -> torch.device:

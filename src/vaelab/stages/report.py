@@ -1,13 +1,16 @@
-"""DVC stage `report`: reports/report.md for exactly the betas listed in params.yaml train.betas."""
+"""DVC stage `report`: reports/report.md and the cross-beta figures (reports/comparison/) for exactly the betas
+listed in params.yaml train.betas."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
 
-from vaelab import report, storage
+import pandas as pd
+
+from vaelab import plots, report, storage
 from vaelab.params import ParamsError, Params, load_params
-from vaelab.stages.layout import PARAMS_FILE, BetaPaths
+from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, PARAMS_FILE, BetaPaths
 
 REPORT = Path("reports/report.md")
 
@@ -55,6 +58,9 @@ def main() -> int:
     try:
         params = load_params(PARAMS_FILE)
         rows = collect(params)
+        if not JUDGE_METRICS.is_file():
+            raise FileNotFoundError(f"{JUDGE_METRICS} is missing: run the judge stage (dvc repro)")
+        reference = storage.read_json(JUDGE_METRICS)
     except (ParamsError, FileNotFoundError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 1
@@ -66,7 +72,15 @@ def main() -> int:
             return 1
     setup = {"n_train": rows[0]["n_train"], "n_test": rows[0]["n_test_images"], "epochs": params.train.epochs,
              "seed": params.seed, "choices": choices(params)}
-    storage.write_text(REPORT, report.render(rows, figures, setup))
+    kl = [(r["beta"], pd.read_csv(BetaPaths(r["tag"]).kl_per_dim)["kl_nats"].tolist()) for r in rows]
+    comparison = {"rate_distortion": plots.rate_distortion(rows), "kl_per_dim": plots.kl_bars(kl)}
+    links = {}
+    for stem, fig in comparison.items():
+        out = COMPARISON / f"{stem}.png"
+        with storage.atomic_path(out) as tmp:
+            plots.save(fig, tmp)
+        links[stem] = os.path.relpath(out, REPORT.parent)
+    storage.write_text(REPORT, report.render(rows, figures, setup, reference, links))
     betas = ", ".join(f"{r['beta']:g}" for r in rows)
     print(f"report: wrote {REPORT} for β = {betas}")
     return 0

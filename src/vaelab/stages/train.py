@@ -11,7 +11,7 @@ import torch
 
 from vaelab import data, storage, tracking
 from vaelab.model import VAE, Generator, count_parameters
-from vaelab.params import ParamsError, flatten, load_params, to_dict
+from vaelab.params import flatten, to_dict
 from vaelab.stages import layout
 from vaelab.train import NonFiniteLossError, train
 
@@ -24,13 +24,7 @@ def resolved_config(params, beta: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        params = load_params(layout.PARAMS_FILE)
-        beta, paths = layout.beta_arg(argv, params, __doc__)
-    except ParamsError as e:
-        print(f"train: {e}", file=sys.stderr)
-        return 2
-    layout.set_threads(params.train.threads)
+    params, beta, paths = layout.beta_stage("train", argv, __doc__)
     torch.manual_seed(params.seed)
     device = layout.device()
     ds = data.load(Path(params.data.root) / layout.BATCHES, params.data.subset, params.seed)
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             storage.write_json(paths.train_metrics, summary)
             tracking.log_metrics({"train_seconds": seconds})
             tracking.log_artifact(paths.history)
-            model_uri = tracking.log_model(Generator(model.decoder), params.model.latent_dim)
+            model_uri = tracking.log_model(Generator(model.decoder), (params.model.latent_dim,))
             storage.write_json(paths.run_file, {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri,
                                                 "experiment": params.tracking.experiment})
     except NonFiniteLossError as e:
