@@ -205,7 +205,7 @@ def kernel_distance(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset
         mmd = ((k_xx.sum() - k_xx.diagonal().sum()) + (k_yy.sum() - k_yy.diagonal().sum())) / (m * (m - 1)) \
             - 2 * k_xy.mean()
         values.append(float(mmd))
-    t = torch.tensor(values)
+    t = torch.tensor(values, dtype=torch.float64)
     return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
 
 
