@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,26 @@ def test_changing_betas_trains_only_new_ones(small_repo):
     md = (repo / "reports" / "report.md").read_text()
     assert re.search(r"^\| 0\.5 \|", md, re.M) and re.search(r"^\| 1 \|", md, re.M)
     assert not re.search(r"^\| 5 \|", md, re.M), "a removed beta must leave the report"
+
+
+@pytest.mark.slow
+def test_a_second_repro_while_one_runs_is_refused(small_repo):
+    repo = small_repo
+    env = _env(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 2  # retrains every beta: the first repro has minutes of work
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.time() + 300
+        while not list(repo.glob("checkpoints/beta_*/last.pt")) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)  # a training stage has finished its first epoch: the repro holds the lock
+        assert first.poll() is None, "the first repro ended before the second could start"
+        second = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        assert "Unable to acquire lock" in second.stdout + second.stderr
+        assert "Running stage" not in second.stdout + second.stderr  # the refused repro ran nothing
+    finally:
+        out, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, out[-4000:]

@@ -48,12 +48,18 @@ def test_overfitting_one_batch_lowers_the_loss():
 
 
 def test_history_rows_and_callback():
-    rows = []
+    rows, states = [], []
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=2, batch_size=8, bf16=True)
-    history = train(VAE(SMALL), images(16), images(8), 5.0, cfg, seed=0, device=CPU, on_epoch=rows.append,
+
+    def on_epoch(row, state):
+        rows.append(row)
+        states.append((state["epoch"], state["step"], len(state["history"])))
+
+    history = train(VAE(SMALL), images(16), images(8), 5.0, cfg, seed=0, device=CPU, on_epoch=on_epoch,
                     progress=False)
     assert rows == history and [r["epoch"] for r in history] == [1, 2]
+    assert states == [(1, 2, 1), (2, 4, 2)]  # the state handed out is the one after that epoch
     for key in ("train_loss", "train_recon", "train_kl", "train_bpd", "test_loss", "test_recon", "test_kl",
                 "test_bpd", "images_per_second"):
         assert key in history[0]

@@ -75,3 +75,17 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VA
     model.load_state_dict(state)
     model.to(device, memory_format=torch.channels_last).eval()
     return model, config
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write a training checkpoint (tensors, numbers, strings, lists and dicts only) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint written by `save_checkpoint`, or None if there is none (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,8 +1,12 @@
 """MLflow: the only module that imports mlflow. One run per beta, reopened by later stages via its run id."""
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -20,6 +24,46 @@ def resolve_uri(configured: str, repo_root: Path) -> str:
     if configured.strip():
         return configured.strip()
     return f"sqlite:///{(Path(repo_root) / 'mlflow.db').resolve()}"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or created; the message names the URI."""
+
+
+def prepare_store(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, if the store at `uri` is unreachable; create the store and the experiment
+    if they do not exist yet. A local sqlite store is created under an exclusive file lock, so parallel stages
+    (`dvc queue start -j 2`) never race to create or migrate the same database."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout_s) as r:  # noqa: S310 - the user's own server
+                r.read(64)
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({e}); start it, or set "
+                                f"tracking.uri / MLFLOW_TRACKING_URI to a reachable store") from None
+        _create_experiment(uri, experiment)
+        return
+    if scheme == "sqlite":
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow store {uri}: folder {db.parent} does not exist")
+        with open(f"{db}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            _create_experiment(uri, experiment)
+        return
+    _create_experiment(uri, experiment)
+
+
+def _create_experiment(uri: str, experiment: str) -> None:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        if client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment)
+    except mlflow.exceptions.MlflowException as e:
+        if "already exists" not in str(e):  # created meanwhile by a parallel stage: fine
+            raise TrackingError(f"MLflow store {uri}: {e}") from None
 
 
 def git_commit(cwd: Path) -> str:
@@ -55,6 +99,11 @@ def run_exists(run_id: str) -> bool:
         return True
     except mlflow.exceptions.MlflowException:
         return False
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Set tags on the active run."""
+    mlflow.set_tags(dict(tags))
 
 
 def log_params(params: Mapping[str, Any]) -> None:

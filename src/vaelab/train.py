@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -77,13 +77,16 @@ def train(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, float], dict[str, Any]], None] | None = None,
     progress: bool = True,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` on uint8 images and return the per-epoch history (train_* and test_* terms, nats / bits/dim).
 
-    `on_epoch` is called on rank 0 after every epoch with that epoch's row (for logging and checkpoints).
-    Raises NonFiniteLossError on a NaN/Inf loss, before the optimizer step can spoil the weights.
+    `on_epoch(row, state)` is called on rank 0 after every epoch with that epoch's row and the full training
+    state (weights, optimizer, RNG, history: what `resume` takes) for logging and checkpoints. Given a `resume`
+    state, training continues after its epoch and ends exactly as an uninterrupted run would (bit-identical on
+    CPU). Raises NonFiniteLossError on a NaN/Inf loss, before the optimizer step can spoil the weights.
     """
     core = getattr(model, "module", model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,9 +97,16 @@ def train(
         raise ValueError(f"{len(train_x)} training images give no full batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     history: list[dict[str, float]] = []
-    step = 0
+    step, start = 0, 1
+    if resume is not None:
+        core.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["batch_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        history = [dict(r) for r in resume["history"]]
+        step, start = int(resume["step"]), int(resume["epoch"]) + 1
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
         sums = dict.fromkeys(TERMS, 0.0)
         bar = tqdm(total=steps_per_epoch, desc=f"beta={beta:g} epoch {epoch}/{cfg.epochs}",
@@ -141,5 +151,7 @@ def train(
                            f"(recon {row['train_recon']:.1f}, kl {row['train_kl']:.1f}) nats, "
                            f"test {row['test_bpd']:.3f} bits/dim, {row['images_per_second']:.0f} img/s")
             if on_epoch is not None:
-                on_epoch(row)
+                on_epoch(row, {"epoch": epoch, "step": step, "model": core.state_dict(), "optimizer": opt.state_dict(),
+                               "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                               "history": history})
     return history

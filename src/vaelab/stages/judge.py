@@ -24,9 +24,14 @@ def main() -> int:
     layout.set_threads(params.train.threads)
     device = layout.device()
     cfg, ev = params.judge, params.evaluate
-    ds = data.load(Path(params.data.root) / layout.BATCHES, params.data.subset, params.seed)
     root = layout.repo_root()
     uri = tracking.resolve_uri(params.tracking.uri, root)
+    try:
+        tracking.prepare_store(uri, params.tracking.judge_experiment)  # fail fast, before training
+    except tracking.TrackingError as e:
+        print(f"judge: {e}", file=sys.stderr)
+        return 1
+    ds = data.load(Path(params.data.root) / layout.BATCHES, params.data.subset, params.seed)
     rows: list[dict] = []
 
     def on_epoch(row: dict) -> None:

@@ -43,6 +43,11 @@ class BetaPaths:
         return self.model_dir / "mlflow_run.json"
 
     @property
+    def checkpoint(self) -> Path:
+        # Outside the DVC outputs on purpose: DVC deletes a stage's outputs before it runs it again.
+        return Path("checkpoints") / f"beta_{self.tag}" / "last.pt"
+
+    @property
     def metrics_dir(self) -> Path:
         return Path("metrics") / f"beta_{self.tag}"
 

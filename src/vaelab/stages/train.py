@@ -27,35 +27,69 @@ def main(argv: list[str] | None = None) -> int:
     params, beta, paths = layout.beta_stage("train", argv, __doc__)
     torch.manual_seed(params.seed)
     device = layout.device()
-    ds = data.load(Path(params.data.root) / layout.BATCHES, params.data.subset, params.seed)
-    model = VAE(params.model).to(device, memory_format=torch.channels_last)
     config = resolved_config(params, beta)
     root = layout.repo_root()
     uri = tracking.resolve_uri(params.tracking.uri, root)
+    try:
+        tracking.prepare_store(uri, params.tracking.experiment)  # before any work: an unreachable store fails now
+    except tracking.TrackingError as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    ds = data.load(Path(params.data.root) / layout.BATCHES, params.data.subset, params.seed)
+    model = VAE(params.model).to(device, memory_format=torch.channels_last)
     n_train = len(ds.train_x)
     description = (f"β = {beta:g}, {params.train.epochs} epochs on {n_train} CIFAR-10 training images, "
                    f"z = {params.model.latent_dim}, {params.model.likelihood} decoder")
+    ckpt = storage.load_checkpoint(paths.checkpoint)
+    if ckpt is not None and ckpt["config"] != config:
+        print(f"train: ignoring {paths.checkpoint}: it was written with other params")
+        ckpt = None
     paths.metrics_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    rows: list[dict] = [dict(r) for r in ckpt["state"]["history"]] if ckpt else []
+    previous_seconds = ckpt["seconds"] if ckpt else 0.0
+    t0 = time.perf_counter()
+    run_id = ckpt["run_id"] if ckpt else None
 
-    def on_epoch(row: dict) -> None:
-        rows.append(row)
+    def log_row(row: dict) -> None:
         tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    def on_epoch(row: dict, state: dict) -> None:
+        # Checkpoint first: an epoch that reached MLflow is always one a resumed run starts after.
+        storage.save_checkpoint(paths.checkpoint, {"config": config, "run_id": run_id, "state": state,
+                                                   "seconds": previous_seconds + time.perf_counter() - t0})
+        rows.append(row)
         # Written every epoch, so a long run can be watched with `dvc plots show` while it trains.
         storage.write_text(paths.history, pd.DataFrame(rows).to_csv(index=False))
+        log_row(row)
 
     tags = {"dvc_stage": f"train@{paths.tag}", "git_commit": tracking.git_commit(root), "beta": f"{beta:g}"}
     print(f"train: β = {beta:g} on {device}, {n_train} images, {count_parameters(model) / 1e6:.2f}M parameters, "
           f"MLflow {uri}")
-    t0 = time.perf_counter()
     try:
-        with tracking.run(uri, params.tracking.experiment, f"beta={beta:g}", tags=tags,
-                          description=description) as run_id:
-            tracking.log_params(flatten(config) | {"data.n_train": n_train, "data.n_test": len(ds.test_x),
-                                                   "model.parameters": count_parameters(model)})
+        with tracking.run(uri, params.tracking.experiment, f"beta={beta:g}", run_id=run_id, tags=tags,
+                          description=description) as active:
+            if ckpt is not None and active == run_id:
+                print(f"train: resuming after epoch {ckpt['state']['epoch']} from {paths.checkpoint}; "
+                      f"MLflow run {run_id} continues")
+                tracking.set_tags({"resumed_from_epoch": str(ckpt["state"]["epoch"])})
+                # An epoch checkpointed just before the kill may not have reached MLflow yet.
+                logged = {step for step, _ in tracking.metric_history(uri, run_id, "train_loss")}
+                for row in rows:
+                    if int(row["epoch"]) not in logged:
+                        log_row(row)
+            else:
+                if ckpt is not None:
+                    print(f"train: resuming after epoch {ckpt['state']['epoch']}; its MLflow run is gone, "
+                          f"logging into a new run {active}")
+                    tracking.set_tags({"resumed_from_epoch": str(ckpt["state"]["epoch"])})
+                    for row in rows:
+                        log_row(row)
+                tracking.log_params(flatten(config) | {"data.n_train": n_train, "data.n_test": len(ds.test_x),
+                                                       "model.parameters": count_parameters(model)})
+            run_id = active
             history = train(model, ds.train_x, ds.test_x, beta, params.train, params.seed, device,
-                            on_epoch=on_epoch)
-            seconds = time.perf_counter() - t0
+                            on_epoch=on_epoch, resume=ckpt["state"] if ckpt else None)
+            seconds = previous_seconds + time.perf_counter() - t0
             last = history[-1]
             summary = {
                 "beta": beta,
@@ -77,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             storage.write_json(paths.run_file, {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri,
                                                 "experiment": params.tracking.experiment})
     except NonFiniteLossError as e:
-        print(f"train: {e}", file=sys.stderr)
+        kept = f"; the last good checkpoint is kept in {paths.checkpoint}" if paths.checkpoint.is_file() else ""
+        print(f"train: {e}{kept}", file=sys.stderr)
         return 1
+    paths.checkpoint.unlink(missing_ok=True)  # done: the next run of this stage starts from scratch
     print(f"train: β = {beta:g} done in {seconds / 60:.1f} min, test {last['test_bpd']:.3f} bits/dim")
     return 0
 

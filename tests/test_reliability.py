@@ -1,0 +1,206 @@
+"""Faults provoked for real: a training stage killed with SIGKILL resumes bit-identically, the same seed gives the
+same model, a NaN keeps the last good checkpoint, an unreachable or contended MLflow store is handled."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from vaelab import data, storage, tracking
+from vaelab.model import VAE
+from vaelab.params import ModelConfig, TrainConfig
+from vaelab.train import NonFiniteLossError, train
+
+SMALL = ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=0)
+CPU = torch.device("cpu")
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=8, warmup_steps=2, bf16=False)
+    x, xt = images(32), images(8, 1)
+
+    torch.manual_seed(0)
+    full = VAE(SMALL)
+    full_history = train(full, x, xt, 1.0, cfg, seed=0, device=CPU, progress=False)
+
+    # Interrupted after epoch 1: the checkpoint goes through the file format (weights_only loading).
+    torch.manual_seed(0)
+    first = VAE(SMALL)
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(row, state):
+        storage.save_checkpoint(tmp_path / "last.pt", {"state": state})
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(first, x, xt, 1.0, cfg, seed=0, device=CPU, progress=False, on_epoch=save_then_stop)
+    state = storage.load_checkpoint(tmp_path / "last.pt")["state"]
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+
+    torch.manual_seed(123)  # a fresh process: another global RNG state and fresh weights
+    resumed = VAE(SMALL)
+    history = train(resumed, x, xt, 1.0, cfg, seed=0, device=CPU, progress=False, resume=state)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    for key in ("train_loss", "test_bpd", "test_kl"):
+        assert [r[key] for r in history] == [r[key] for r in full_history]
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_keeps_the_last_good_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = VAE(SMALL)
+    saved = []
+
+    def checkpoint_then_poison(row, state):
+        storage.save_checkpoint(tmp_path / "last.pt", {"state": state})
+        saved.append(row["epoch"])
+        with torch.no_grad():
+            model.decoder.out.bias.fill_(float("nan"))  # the next step diverges
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1.*likely cause"):
+        train(model, images(16), images(8), 1.0, TrainConfig(epochs=3, batch_size=8, bf16=False), seed=0,
+              device=CPU, progress=False, on_epoch=checkpoint_then_poison)
+    assert saved == [1]
+    state = storage.load_checkpoint(tmp_path / "last.pt")["state"]
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_checkpoints_never_unpickle_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    torch.save({"state": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        storage.load_checkpoint(tmp_path / "evil.pt")
+
+
+def _stage(cmd: list[str], cwd: Path, env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *cmd], cwd=cwd, env=env, capture_output=True, text=True, **kw)
+
+
+def _env(store: str) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_unreachable_tracking_server_fails_fast_and_writes_nothing(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    t0 = time.perf_counter()
+    r = _stage(["vaelab.stages.train", "--beta", "1"], tmp_path, _env("http://127.0.0.1:9"), timeout=120)
+    assert r.returncode == 1
+    assert "http://127.0.0.1:9" in r.stderr and "unreachable" in r.stderr
+    assert time.perf_counter() - t0 < 60
+    # Before any work: no dataset was read (there is none here), nothing was written.
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_parallel_stages_share_a_fresh_sqlite_store(tmp_path):
+    """Two processes create and log into the same new store at once (as `dvc queue start -j 2` does)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import sys; from vaelab import tracking; uri = sys.argv[1]\n"
+            "tracking.prepare_store(uri, 'exp')\n"
+            "with tracking.run(uri, 'exp', 'run-' + sys.argv[2]):\n"
+            "    tracking.log_metrics({'x': float(sys.argv[2])}, step=1)\n")
+    env = _env(uri)
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(i)], env=env, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    runs = tracking.find_runs(uri, "exp")
+    assert sorted(r["name"] for r in runs) == ["run-0", "run-1", "run-2"]
+    assert all(r["status"] == "FINISHED" for r in runs)
+
+
+@pytest.fixture(scope="module")
+def train_workspace(tmp_path_factory, fake_archive):
+    """A folder with params.yaml (a small, 5-epoch run) and the extracted (fake) dataset."""
+    root = tmp_path_factory.mktemp("ws")
+    target = root / "data" / data.BATCHES_DIR
+    data.prepare([fake_archive], "http://127.0.0.1:9/x", "0" * 32, target, 1.0)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["subset"] = 1024
+    params["train"].update({"epochs": 5, "batch_size": 64, "warmup_steps": 10})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _copy_workspace(src: Path, dest: Path) -> Path:
+    dest.mkdir()
+    (dest / "params.yaml").write_text((src / "params.yaml").read_text())
+    (dest / "data").symlink_to(src / "data")
+    return dest
+
+
+def _result(ws: Path) -> tuple[dict, pd.DataFrame, dict]:
+    state, _ = storage.load_state(ws / "models" / "beta_1" / "model.pt")
+    history = pd.read_csv(ws / "metrics" / "beta_1" / "history.csv")
+    return state, history.drop(columns=["epoch_seconds", "images_per_second"]), json.loads(
+        (ws / "metrics" / "beta_1" / "train.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_resumes_bit_identically(train_workspace, tmp_path):
+    # Two uninterrupted runs: same params and seed, same weights and metrics (determinism).
+    runs = []
+    for name in ("a", "b"):
+        ws = _copy_workspace(train_workspace, tmp_path / name)
+        r = _stage(["vaelab.stages.train", "--beta", "1"], ws, _env(f"sqlite:///{ws / 'mlflow.db'}"), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(_result(ws))
+    (wa, ha, ja), (wb, hb, jb) = runs
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    pd.testing.assert_frame_equal(ha, hb)
+    assert ja["final_test_bpd"] == jb["final_test_bpd"]
+
+    # Killed with SIGKILL after the epoch-2 checkpoint, in the middle of epoch 3; then the stage is rerun.
+    ws = _copy_workspace(train_workspace, tmp_path / "killed")
+    store = f"sqlite:///{ws / 'mlflow.db'}"
+    ckpt = ws / "checkpoints" / "beta_1" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab.stages.train", "--beta", "1"], cwd=ws, env=_env(store),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and storage.load_checkpoint(ckpt)["state"]["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ws / "models" / "beta_1" / "model.pt").exists()  # nothing final was written
+    interrupted_at = storage.load_checkpoint(ckpt)["state"]["epoch"]
+    r = _stage(["vaelab.stages.train", "--beta", "1"], ws, _env(store), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming after epoch {interrupted_at}" in r.stdout
+    wk, hk, jk = _result(ws)
+    assert all(torch.equal(wa[k], wk[k]) for k in wa)
+    pd.testing.assert_frame_equal(ha, hk)
+    assert jk["final_test_bpd"] == ja["final_test_bpd"]
+    assert not ckpt.exists()  # a finished stage leaves no checkpoint to resume from
+
+    # MLflow: the interrupted run continued, no duplicate run and no duplicate epoch.
+    (run,) = tracking.find_runs(store, "cifar10-beta-vae")
+    assert run["status"] == "FINISHED" and run["tags"]["resumed_from_epoch"] == str(interrupted_at)
+    steps = [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")]
+    assert steps == [1, 2, 3, 4, 5]
