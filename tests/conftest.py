@@ -45,3 +45,42 @@ def make_archive(path: Path, n_train_per_batch: int = 10_000, n_test: int = 10_0
 def fake_archive(tmp_path_factory) -> Path:
     """A valid-content archive (balanced labels, right shapes): 60,000 images, ~180 MB unpacked."""
     return make_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Without the background-networking flags Chromium keeps dialling Google's hosts, which this closed network refuses.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--window-size=1400,1000")
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by Selenium through the system chromedriver (Debian: chromium, chromium-driver).
+    Browser tests fail, not skip, when it is missing: they only run when asked for (-m browser)."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail("browser tests need Debian's chromium and chromium-driver: "
+                    "apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """Where browser tests save their screenshots ($VAELAB_SCREENSHOTS, else reports/screenshots, git-ignored)."""
+    import os
+
+    out = Path(os.environ.get("VAELAB_SCREENSHOTS", REPO / "reports" / "screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out

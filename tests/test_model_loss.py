@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.loss import bits_per_dim, gaussian_nll, kl_normal, logistic_nll, vae_loss
-from vaelab.model import VAE, Generator, reparameterize
+from vaelab.model import VAE, Codec, reparameterize
 from vaelab.params import ModelConfig
 
 SMALL = ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=1)
@@ -28,7 +28,7 @@ def test_shapes(likelihood, channels):
     assert out["params"].shape == (5, channels, 32, 32)
     img = model.decode(torch.randn(3, 8))
     assert img.shape == (3, 3, 32, 32) and img.min() >= -1 and img.max() <= 1
-    g = Generator(model.decoder)(torch.randn(2, 8))
+    g = Codec(model)(torch.randn(2, 8))
     assert g.shape == (2, 3, 32, 32) and g.min() >= 0 and g.max() <= 1
 
 

@@ -55,6 +55,7 @@ def write(tmp_path: Path, raw: dict) -> Path:
         ({"judge": {"whiten_width": 7}}, "judge.whiten_width"),
         ({"judge": {"epochs": 0}}, "judge.epochs"),
         ({"tracking": {"judge_experiment": " "}}, "tracking.judge_experiment"),
+        ({"tracking": {"registered_model": "my model/v1"}}, "tracking.registered_model"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, raw, key):

@@ -115,15 +115,26 @@ def mean_image(params: torch.Tensor) -> torch.Tensor:
     return params[:, :3].clamp(-1.0, 1.0)
 
 
-class Generator(nn.Module):
-    """What is exported to MLflow: codes (B, z) float32 -> images (B, 3, 32, 32) in [0, 1]."""
+class Codec(nn.Module):
+    """What is exported to MLflow and driven by the CLI: a trained VAE on the [0, 1] pixel scale.
+    forward decodes codes (B, z) float32 -> images (B, 3, 32, 32) in [0, 1]; encode maps images in [0, 1]
+    to posterior means (B, z)."""
 
-    def __init__(self, decoder: Decoder):
+    def __init__(self, vae: VAE):
         super().__init__()
-        self.decoder = decoder
+        self.vae = vae
+
+    @property
+    def latent_dim(self) -> int:
+        return self.vae.cfg.latent_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (mean_image(self.decoder(z.float())) + 1.0) / 2.0
+        return (self.vae.decode(z.float()) + 1.0) / 2.0
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Posterior means mu (B, z) of images (B, 3, 32, 32) in [0, 1]."""
+        mu, _ = self.vae.encoder(images.float() * 2.0 - 1.0)
+        return mu
 
 
 def count_parameters(model: nn.Module) -> int:

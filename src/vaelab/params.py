@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +181,13 @@ class TrackingConfig:
     experiment: str = "cifar10-beta-vae"
     judge_experiment: str = "cifar10-judge"  # the judge's run, kept apart so beta runs compare cleanly
     uri: str = ""
+    registered_model: str = "cifar10-vae"  # Model Registry name: one version per beta, alias beta-<beta>
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
         _check(bool(self.judge_experiment.strip()), "tracking.judge_experiment", "must not be empty")
+        _check(re.fullmatch(r"[\w\-.]+", self.registered_model) is not None, "tracking.registered_model",
+               f"must be a name of letters, digits, '_', '-' or '.', got {self.registered_model!r}")
 
 
 @dataclass(frozen=True)

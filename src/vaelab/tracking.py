@@ -135,6 +135,35 @@ def log_model(module: torch.nn.Module, input_shape: tuple[int, ...], name: str =
     return info.model_uri
 
 
+def model_alias(beta: float) -> str:
+    """The registry alias of a beta's model: beta-5, beta-0_5 (aliases allow letters, digits, '_' and '-')."""
+    return "beta-" + f"{beta:g}".replace(".", "_").replace("+", "")
+
+
+def register_model(model_uri: str, name: str, alias: str, description: str) -> int:
+    """Register a logged model as a new version of `name` (created if needed), point `alias` at it and
+    describe it; returns the version number. A retrained beta gets a new version and the alias moves."""
+    mv = mlflow.register_model(model_uri, name)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, alias, mv.version)
+    client.update_model_version(name, mv.version, description=description)
+    return int(mv.version)
+
+
+def set_description(text: str) -> None:
+    """Set the active run's description (shown on the run page and in the runs table of the MLflow UI)."""
+    mlflow.set_tag("mlflow.note.content", text)
+
+
+def model_versions(uri: str, name: str) -> list[dict[str, Any]]:
+    """Versions of a registered model as dicts of version, run_id, aliases and description."""
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # search results may omit aliases: read each version in full
+    found = [client.get_model_version(name, v.version) for v in client.search_model_versions(f"name = '{name}'")]
+    return sorted(({"version": int(v.version), "run_id": v.run_id, "aliases": sorted(v.aliases),
+                    "description": v.description, "source": v.source} for v in found), key=lambda v: v["version"])
+
+
 def load_model(model_uri: str, uri: str | None = None) -> torch.nn.Module:
     """Load a logged model back as a torch module (a generator maps z (B, z) -> images (B, 3, 32, 32) in [0, 1])."""
     if uri:

@@ -13,6 +13,8 @@ from vaelab.params import ParamsError, Params, load_params
 from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, PARAMS_FILE, BetaPaths
 
 REPORT = Path("reports/report.md")
+# Every beta's history in one long table (column `beta`): `dvc plots show` overlays the betas from it.
+CURVES = COMPARISON / "training_curves.csv"
 
 
 def collect(params: Params) -> list[dict]:
@@ -80,6 +82,8 @@ def main() -> int:
         with storage.atomic_path(out) as tmp:
             plots.save(fig, tmp)
         links[stem] = os.path.relpath(out, REPORT.parent)
+    curves = pd.concat([pd.read_csv(BetaPaths(r["tag"]).history).assign(beta=f"{r['beta']:g}") for r in rows])
+    storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
     storage.write_text(REPORT, report.render(rows, figures, setup, reference, links))
     betas = ", ".join(f"{r['beta']:g}" for r in rows)
     print(f"report: wrote {REPORT} for β = {betas}")

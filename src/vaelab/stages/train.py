@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from vaelab import data, storage, tracking
-from vaelab.model import VAE, Generator, count_parameters
+from vaelab.model import VAE, Codec, count_parameters
 from vaelab.params import flatten, to_dict
 from vaelab.stages import layout
 from vaelab.train import NonFiniteLossError, train
@@ -107,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             storage.write_json(paths.train_metrics, summary)
             tracking.log_metrics({"train_seconds": seconds})
             tracking.log_artifact(paths.history)
-            model_uri = tracking.log_model(Generator(model.decoder), (params.model.latent_dim,))
+            model_uri = tracking.log_model(Codec(model), (params.model.latent_dim,))
+            description += f"; final test {last['test_bpd']:.3f} bits/dim"
+            tracking.set_description(description)
+            alias = tracking.model_alias(beta)
+            version = tracking.register_model(model_uri, params.tracking.registered_model, alias, description)
             storage.write_json(paths.run_file, {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri,
-                                                "experiment": params.tracking.experiment})
+                                                "experiment": params.tracking.experiment,
+                                                "registered_model": params.tracking.registered_model,
+                                                "version": version, "alias": alias})
     except NonFiniteLossError as e:
         kept = f"; the last good checkpoint is kept in {paths.checkpoint}" if paths.checkpoint.is_file() else ""
         print(f"train: {e}{kept}", file=sys.stderr)
