@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SHARED_TARBALL
+from conftest import REPO, _env, _run, make_small_repo
 from vaelab.stages import layout
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -47,45 +46,10 @@ def test_repo_root_of_a_queued_experiment(tmp_path, monkeypatch):
     assert layout.repo_root() == tmp_path.resolve()
 
 
-def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    return r.stdout + r.stderr
-
-
 @pytest.fixture(scope="module")
 def small_repo(tmp_path_factory) -> Path:
-    """A temporary git repository holding this project's tracked files, set to a tiny, one-epoch run."""
-    if not SHARED_TARBALL.is_file():
-        pytest.skip("needs the CIFAR-10 copy in ../shared/cifar10")
-    dest = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split("\0")
-    for f in filter(None, files):
-        if (REPO / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dest / f)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"]["sources"] = [str(SHARED_TARBALL)]
-    params["data"]["url"] = "http://127.0.0.1:9/unreachable.tar.gz"  # the local copy must be enough
-    params["data"]["subset"] = 1000
-    params["train"]["epochs"] = 1
-    # A tiny judge and fewer samples: the pipeline's plumbing is under test here, not the judge's accuracy.
-    params["judge"].update({"widths": [8, 16, 16], "epochs": 2, "batch_size": 256})
-    params["evaluate"].update({"n_samples": 2000, "kid_subsets": 10, "iw_images": 100})
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "e2e"]):
-        _run(cmd, dest, env)
-    return dest
-
-
-def _env(repo: Path) -> dict:
-    """The stages import the copy's own package (PYTHONPATH wins over the editable install)."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(repo / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    """This module's own tiny copy of the project (its tests change params and rerun it)."""
+    return make_small_repo(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 @pytest.mark.slow
@@ -139,6 +103,27 @@ def test_dvc_repro_end_to_end(small_repo):
     generator = tracking.load_model(run_file["model_uri"], uri)
     images = generator(torch.randn(4, 64))
     assert images.shape == (4, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+    # Model Registry: one version per beta under one name, alias beta-<beta> on the version of that beta's run;
+    # the run description names beta, epochs, data size and the final bits/dim.
+    versions = tracking.model_versions(uri, "cifar10-vae")
+    assert sorted(a for v in versions for a in v["aliases"]) == ["beta-1", "beta-5"]
+    by_alias = {v["aliases"][0]: v for v in versions}
+    for name, r in runs.items():
+        beta = name.split("=")[1]
+        assert by_alias[f"beta-{beta}"]["run_id"] == r["run_id"]
+        note = r["tags"]["mlflow.note.content"]
+        assert f"β = {beta}," in note and "1 epochs on 1000 CIFAR-10 training images" in note, note
+        assert re.search(r"final test \d+\.\d{3} bits/dim", note), note
+    codec = tracking.load_model("models:/cifar10-vae@beta-5", uri)
+    assert codec.encode(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+    beta5 = json.loads((repo / "models" / "beta_5" / "mlflow_run.json").read_text())
+    assert (beta5["registered_model"], beta5["alias"]) == ("cifar10-vae", "beta-5")
+
+    # The HTML report stands alone: every image is embedded, nothing is linked.
+    page = (repo / "reports" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(links)
+    assert not re.search(r'src="(?!data:)', page)
 
     # The judge: its own experiment, one finished run with per-epoch accuracy, and a loadable model.
     (judge_run,) = tracking.find_runs(uri, "cifar10-judge")

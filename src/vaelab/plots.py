@@ -197,3 +197,16 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     figs["factor_response"] = factor_heatmap(
         response, kl_dims, f"β = {beta:g}: where each controlled factor moves the code (share of Σ_j Δμ_j²)")
     return figs
+
+
+def tile(images: torch.Tensor, nrow: int, pad: int = 2, upscale: int = 1) -> np.ndarray:
+    """uint8 images (N, 3, H, W), `nrow` per row, on a white canvas with `pad`-pixel gaps, every pixel repeated
+    `upscale` times (nearest neighbour): a (rows * (H + pad) + pad) * upscale by (cols * (W + pad) + pad) * upscale
+    RGB uint8 array, ready for PIL.Image.fromarray."""
+    n, _, h, w = images.shape
+    cols, rows = min(nrow, n), -(-n // nrow)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for k, img in enumerate(images):
+        y, x = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
+        canvas[y : y + h, x : x + w] = img.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+    return canvas.repeat(upscale, axis=0).repeat(upscale, axis=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,11 +57,15 @@ def prepare_store(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
     _create_experiment(uri, experiment)
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI trace overview; this kind opens the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _create_experiment(uri: str, experiment: str) -> None:
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:
         if client.get_experiment_by_name(experiment) is None:
-            client.create_experiment(experiment)
+            client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException as e:
         if "already exists" not in str(e):  # created meanwhile by a parallel stage: fine
             raise TrackingError(f"MLflow store {uri}: {e}") from None
@@ -123,14 +128,19 @@ def log_artifact(path: Path, folder: str | None = None) -> None:
 
 def log_model(module: torch.nn.Module, input_shape: tuple[int, ...], name: str = "model") -> str:
     """Log a torch module with a zero input example of shape (2, *input_shape) (which also gives it a
-    signature); returns the model URI (models:/...)."""
+    signature); returns the model URI (models:/...). Pickled with this package's source attached (code_paths),
+    so a loaded model is the full object (a Codec keeps `encode`; torch.export's pt2 would keep only forward)
+    and loads where vaelab is not installed."""
     example = np.zeros((2, *input_shape), dtype=np.float32)
+    package = Path(sys.modules[type(module).__module__.split(".")[0]].__file__).parent
     info = mlflow.pytorch.log_model(
         module.cpu().eval(),
         name=name,
         input_example=example,
+        serialization_format="pickle",
+        code_paths=[str(package)],
         # Explicit requirements: inferring them would import the model in a subprocess, slowly.
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pyyaml"],
     )
     return info.model_uri
 
@@ -178,7 +188,8 @@ def find_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
     if exp is None:
         return []
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
-    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+    return [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "name": r.info.run_name,
+             "status": r.info.status,
              "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
             for r in runs]
 
@@ -187,3 +198,19 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric of a run."""
     client = mlflow.MlflowClient(tracking_uri=uri)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def open_model(model_uri: str, uri: str) -> torch.nn.Module:
+    """`load_model` for user-facing tools: a missing store, run, model, version or alias raises TrackingError
+    naming the URI instead of an MLflow traceback."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would silently create an empty store here, then report the model as missing.
+        raise TrackingError(f"no MLflow store at {uri} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
+    # A progress bar per artifact download would bury the tool's one-line output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return load_model(model_uri, uri)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"cannot load {model_uri} from {uri}: {e.message}") from None
+    except OSError as e:  # the store lists the model but its artifact files are gone
+        raise TrackingError(f"cannot load {model_uri} from {uri}: {type(e).__name__}: {e}") from None

@@ -13,6 +13,7 @@ from vaelab.params import ParamsError, Params, load_params
 from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, PARAMS_FILE, BetaPaths
 
 REPORT = Path("reports/report.md")
+REPORT_HTML = Path("reports/report.html")  # the same report with every image embedded: one file to open or send
 # Every beta's history in one long table (column `beta`): `dvc plots show` overlays the betas from it.
 CURVES = COMPARISON / "training_curves.csv"
 
@@ -84,9 +85,12 @@ def main() -> int:
         links[stem] = os.path.relpath(out, REPORT.parent)
     curves = pd.concat([pd.read_csv(BetaPaths(r["tag"]).history).assign(beta=f"{r['beta']:g}") for r in rows])
     storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
-    storage.write_text(REPORT, report.render(rows, figures, setup, reference, links))
+    md = report.render(rows, figures, setup, reference, links)
+    html = report.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
+    storage.write_text(REPORT, md)
+    storage.write_text(REPORT_HTML, html)
     betas = ", ".join(f"{r['beta']:g}" for r in rows)
-    print(f"report: wrote {REPORT} for β = {betas}")
+    print(f"report: wrote {REPORT} and {REPORT_HTML} for β = {betas}")
     return 0
 
 
