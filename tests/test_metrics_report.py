@@ -165,3 +165,31 @@ def test_render_has_table_figures_and_side_by_side():
     for stem, _ in report.FIGURES:
         assert f"(figures/beta_1/{stem}.png)" in md and f"(figures/beta_5/{stem}.png)" in md
     assert "| β = 1 | β = 5 |" in md
+
+
+def test_html_report_embeds_every_image_and_renders_tables():
+    import base64
+
+    from vaelab.report import to_html
+
+    png = {"figures/beta_1/a.png": b"\x89PNG-one", "comparison/b c.png": b"\x89PNG-two"}
+    md = ("# Title\n\n| β | bits/dim |\n|---:|---:|\n| 1 | 6.161 |\n| 5 | 6.175 |\n\n"
+          "![first](figures/beta_1/a.png)\n\n![second](comparison/b c.png)\n\nA [link](other.md) stays a link.\n")
+    read = []
+    page = to_html(md, lambda link: read.append(link) or png[link])
+    assert sorted(read) == sorted(png)
+    embedded = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(png.values())
+    assert not re.search(r'src="(?!data:)', page)
+    assert re.search(r"<th[^>]*>β</th>", page) and "<td" in page and "6.175" in page
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+
+
+def test_html_report_names_a_missing_image():
+    from vaelab.report import to_html
+
+    def read(link):
+        raise FileNotFoundError(f"no such figure: {link}")
+
+    with pytest.raises(FileNotFoundError, match="x.png"):
+        to_html("![x](x.png)\n", read)

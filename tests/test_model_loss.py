@@ -88,3 +88,27 @@ def test_beta_scales_only_the_kl_term():
 def test_bits_per_dim_units():
     # A uniform distribution over 256 levels costs exactly 8 bits per dimension.
     assert bits_per_dim(torch.tensor(3072 * math.log(256))).item() == pytest.approx(8.0)
+
+
+def test_codec_encodes_on_the_unit_scale_and_decodes_to_it():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=8, widths=(8, 16, 32))).eval()
+    codec = Codec(model)
+    x01 = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        mu, _ = model.encoder(x01 * 2 - 1)
+        torch.testing.assert_close(codec.encode(x01), mu)
+        z = torch.randn(3, 8)
+        torch.testing.assert_close(codec(z), (model.decode(z) + 1) / 2)
+    assert codec.latent_dim == 8
+
+
+@pytest.mark.parametrize("beta,alias", [(5.0, "beta-5"), (1, "beta-1"), (0.5, "beta-0_5"), (1e-3, "beta-0_001"),
+                                        (1e6, "beta-1e06")])
+def test_registry_alias_of_a_beta(beta, alias):
+    import re
+
+    from vaelab.tracking import model_alias
+
+    assert model_alias(beta) == alias
+    assert re.fullmatch(r"[\w\-]+", alias)  # MLflow's alias rule
