@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from vaelab import plots, report
+from vaelab import density, plots, report
 from vaelab.data import CIFAR10
 from vaelab.metrics import active_units, evaluate, psnr
 from vaelab.model import VAE
-from vaelab.params import FiguresConfig, ModelConfig
+from vaelab.params import FiguresConfig, ModelConfig, SamplingConfig
 
 SMALL = ModelConfig(latent_dim=6, widths=(8, 16, 32), res_blocks=0)
 
@@ -52,9 +52,13 @@ def test_make_figures_builds_every_figure():
     history = pd.DataFrame([{"epoch": e, **{f"{s}_{k}": 1.0 / e for s in ("train", "test")
                                             for k in ("loss", "recon", "kl", "bpd")}} for e in (1, 2)])
     response = pd.DataFrame({"dim": range(6), "brightness": [0, 0, 5.0, 0, 0, 0.1], "flip": [1.0] * 6})
+    gmm = density.fit_gmm(torch.randn(50, 6, generator=g), 3, 20)
     figs = plots.make_figures(model, ds, history, [0.1 * j for j in range(6)], response, 1.0,
-                              FiguresConfig(traversal_dims=3), 0, torch.device("cpu"))
+                              FiguresConfig(traversal_dims=3), SamplingConfig(temperature=0.5), gmm, 0,
+                              torch.device("cpu"))
     assert set(figs) == {stem for stem, _ in report.FIGURES}
+    samplers = [t.get_text() for t in figs["samplers"].axes[0].get_yticklabels()]
+    assert samplers == ["z ~ N(0, I)", "z ~ N(0, 0.5² I)", "mixture (3)\non training μ"]
     ax = figs["interpolation_test"].axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert len(labels) == 12 and labels[0].endswith("(input)") and labels[0].split("\n")[0] != labels[-1].split("\n")[0]
@@ -96,7 +100,8 @@ def row(beta, rate, psnr_db, bpd, au, dist=14000.0, fcd=40.0, tc=20.0, factor=0.
             "total_correlation": tc, "tc_batch_size": 10000, "probe_accuracy": probe, "factor_score": factor,
             **{f"factor_score_{f}": factor for f in report.FACTORS}, **quality,
             **{f"recon_{k}": v / 2 for k, v in quality.items()}, "recon_judge_accuracy": 0.5, "n_samples": 10000,
-            "n_test_images": 10000}
+            **{f"tau_{k}": v * 1.1 for k, v in quality.items()}, "temperature": 0.7,
+            **{f"gmm_{k}": v * 0.9 for k, v in quality.items()}, "gmm_components": 10, "n_test_images": 10000}
 
 
 REFERENCE = {"test_accuracy": 0.87, "train_seconds": 200.0, "epochs": 8, "n_real": 10000, "real_fcd": 0.5,
@@ -158,6 +163,8 @@ def test_render_has_table_figures_and_side_by_side():
                        REFERENCE, {"rate_distortion": "comparison/rd.png", "kl_per_dim": "comparison/kl.png"})
     assert "| 1 | 6.400 | 6.350 |" in md and "| 5 | 6.900 | 6.850 |" in md
     assert "| real train images (reference) | 0.50 |" in md and "| β = 5: samples z ~ N(0, I) | 40.00 |" in md
+    assert "| β = 5: samples z ~ N(0, 0.7² I) | 44.00 |" in md
+    assert "| β = 1: samples from a 10-component mixture on training μ | 36.00 |" in md
     assert "| β = 1: reconstructions | 20.00 |" in md
     assert "| 5 | 12 | 20.0 | 0.400 | 0.300 |" in md  # organisation table
     assert "(comparison/rd.png)" in md and "(comparison/kl.png)" in md

@@ -56,6 +56,10 @@ def write(tmp_path: Path, raw: dict) -> Path:
         ({"judge": {"epochs": 0}}, "judge.epochs"),
         ({"tracking": {"judge_experiment": " "}}, "tracking.judge_experiment"),
         ({"tracking": {"registered_model": "my model/v1"}}, "tracking.registered_model"),
+        ({"sampling": {"temperature": 0}}, "sampling.temperature"),
+        ({"sampling": {"temperature": float("nan")}}, "sampling.temperature"),
+        ({"sampling": {"gmm_components": 0}}, "sampling.gmm_components"),
+        ({"sampling": {"gmm_iterations": 0}}, "sampling.gmm_iterations"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, raw, key):

@@ -76,11 +76,15 @@ def test_dvc_repro_end_to_end(small_repo):
         assert f"metrics/beta_{tag}/eval.json" in flat and f"metrics/beta_{tag}/train.json" in flat
     for key in ("test_bpd", "test_iw_bpd", "rate_nats", "distortion_nats", "test_recon_mse", "test_psnr",
                 "active_units", "total_correlation", "probe_accuracy", "factor_score", "factor_score_hue", "fcd",
-                "kid", "kid_std", "judge_confidence", "class_entropy", "recon_fcd", "eval_seconds"):
+                "kid", "kid_std", "judge_confidence", "class_entropy", "recon_fcd", "eval_seconds", "tau_fcd",
+                "tau_class_entropy", "gmm_fcd", "gmm_kid", "gmm_judge_confidence", "gmm_class_entropy",
+                "gmm_test_log_prob"):
         assert f'"{key}"' in flat, key
     assert "metrics/judge.json" in flat and '"test_accuracy"' in flat and '"real_fcd"' in flat
     for section in ("## Likelihood and reconstruction", "## Sample quality", "## Organisation of the latent space",
-                    "| real train images (reference) |", "(comparison/rate_distortion.png)"):
+                    "| real train images (reference) |", "(comparison/rate_distortion.png)",
+                    "| β = 5: samples z ~ N(0, 0.7² I) |", "| β = 1: samples from a 10-component mixture on training μ |",
+                    "figures/beta_5/samplers.png)"):
         assert section in md, section
 
     # MLflow: one finished run per beta, tagged, with per-epoch and final metrics.

@@ -83,7 +83,7 @@ def load_codec(model: str, tracking_uri: str | None = None) -> Codec:
 
         uri = tracking_uri or tracking.resolve_uri("", Path.cwd())
         try:
-            codec = tracking.open_model(model, uri)
+            codec = tracking.load_model(model, uri)
         except tracking.TrackingError as e:
             raise CLIError(str(e)) from None
         if not isinstance(codec, Codec):

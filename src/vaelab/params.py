@@ -126,6 +126,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """Samplers shown and judged beside z ~ N(0, I): reduced temperature, and an ex-post density on the codes."""
+
+    temperature: float = 0.7  # tau of z ~ N(0, tau^2 I)
+    gmm_components: int = 10  # full-covariance Gaussian mixture fitted to the training codes mu (Ghosh et al. 2020)
+    gmm_iterations: int = 100  # EM iterations at most
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.temperature) and 0 < self.temperature <= 10, "sampling.temperature",
+               f"must be a number in (0, 10], got {self.temperature}")
+        _check(1 <= self.gmm_components <= 1000, "sampling.gmm_components", f"must be in 1..1000, got "
+               f"{self.gmm_components}")
+        _check(self.gmm_iterations >= 1, "sampling.gmm_iterations", f"must be >= 1, got {self.gmm_iterations}")
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
     """The judge classifier (airbench-style) whose features and softmax score samples."""
 
@@ -199,6 +215,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     figures: FiguresConfig = field(default_factory=FiguresConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

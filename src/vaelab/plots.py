@@ -12,10 +12,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from vaelab import data  # noqa: E402
+from vaelab import data, density  # noqa: E402
 from vaelab.metrics import decode_uint8, encode  # noqa: E402
 from vaelab.model import VAE  # noqa: E402
-from vaelab.params import FiguresConfig  # noqa: E402
+from vaelab.params import FiguresConfig, SamplingConfig  # noqa: E402
 
 CURVES = (("loss", "loss = recon + β·KL (nats)"), ("recon", "recon −log p(x|z) (nats)"),
           ("kl", "KL (nats)"), ("bpd", "negative ELBO (bits/dim)"))
@@ -149,10 +149,10 @@ def kl_bars(kl_by_beta: Sequence[tuple[float, Sequence[float]]]) -> plt.Figure:
 
 
 def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: list[float],
-                 response: pd.DataFrame, beta: float, cfg: FiguresConfig, seed: int, device: torch.device
-                 ) -> dict[str, plt.Figure]:
-    """All figures of one model, keyed by file stem. Prior codes depend only on the seed, so every beta
-    decodes the same z (the report's side-by-side)."""
+                 response: pd.DataFrame, beta: float, cfg: FiguresConfig, sampling: SamplingConfig,
+                 gmm: density.GaussianMixture, seed: int, device: torch.device) -> dict[str, plt.Figure]:
+    """All figures of one model, keyed by file stem; `gmm` is the mixture fitted to its training codes. Prior
+    codes depend only on the seed, so every beta decodes the same z (the report's side-by-side)."""
     g = torch.Generator().manual_seed(seed)
     zdim = model.cfg.latent_dim
     n = cfg.grid_size**2
@@ -160,6 +160,12 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     z = torch.randn(n, zdim, generator=g)
     figs["prior_samples"] = image_grid(decode_uint8(model, z), cfg.grid_size,
                                              f"β = {beta:g}: {n} samples, z ~ N(0, I)")
+    # The same noise at temperature tau, and draws from the mixture on the training codes, below N(0, I).
+    tau = sampling.temperature
+    figs["samplers"] = image_table(
+        [decode_uint8(model, z), decode_uint8(model, tau * z), decode_uint8(model, density.sample(gmm, n, g))],
+        f"β = {beta:g}: {n} samples from each sampler",
+        row_labels=["z ~ N(0, I)", f"z ~ N(0, {tau:g}² I)", f"mixture ({gmm.components})\non training μ"])
     z1, z2 = torch.randn(2, zdim, generator=g)
     figs["interpolation_prior"] = image_table(
         [decode_uint8(model, lerp(z1, z2, cfg.interp_steps))],

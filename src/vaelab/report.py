@@ -11,6 +11,7 @@ import markdown
 FIGURES = (
     ("training_curves", "Training curves"),
     ("prior_samples", "Samples decoded from z ~ N(0, I)"),
+    ("samplers", "Samples from each sampler: N(0, I), reduced temperature, mixture on the training codes"),
     ("interpolation_prior", "Interpolation between two random points z1, z2 ~ N(0, I)"),
     ("interpolation_test", "Interpolation between the codes of two test images of different classes"),
     ("reconstructions", "Reconstructions"),
@@ -69,14 +70,20 @@ def metric_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def quality_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> str:
-    """Sample quality by the judge: the real-image reference row, then per beta its prior samples and its
-    reconstructions of test images."""
+    """Sample quality by the judge: the real-image reference row, then per beta its samples from N(0, I), at
+    reduced temperature and from the mixture on the training codes, and its reconstructions of test images."""
     rows = sorted(rows, key=lambda r: r["beta"])
     body = [{k: reference[f"real_{k}"] for k, _, _ in QUALITY_COLUMNS}]
     labels = ["real train images (reference)"]
     for r in rows:
         body.append({k: r[k] for k, _, _ in QUALITY_COLUMNS})
         labels.append(f"β = {r['beta']:g}: samples z ~ N(0, I)")
+    for r in rows:
+        body.append({k: r[f"tau_{k}"] for k, _, _ in QUALITY_COLUMNS})
+        labels.append(f"β = {r['beta']:g}: samples z ~ N(0, {r['temperature']:g}² I)")
+    for r in rows:
+        body.append({k: r[f"gmm_{k}"] for k, _, _ in QUALITY_COLUMNS})
+        labels.append(f"β = {r['beta']:g}: samples from a {r['gmm_components']}-component mixture on training μ")
     for r in rows:
         body.append({k: r[f"recon_{k}"] for k, _, _ in QUALITY_COLUMNS})
         labels.append(f"β = {r['beta']:g}: reconstructions")
@@ -236,9 +243,13 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "",
         quality_table(rows, reference),
         "",
-        f"Each β contributes {r0['n_samples']} prior samples and the reconstructions (decoded μ) of "
+        f"Each β contributes {r0['n_samples']} samples from each sampler and the reconstructions (decoded μ) of "
         f"{min(r0['n_samples'], r0['n_test_images'])} test images; the reference is {reference['n_real']} real "
-        "training images. Every set is compared with the test images through the judge's penultimate features "
+        f"training images. The samplers: z ~ N(0, I), the prior the model was trained with; the same noise at "
+        f"temperature τ = {r0['temperature']:g}, which trades diversity for typicality; and an ex-post density, a "
+        f"{r0['gmm_components']}-component full-covariance Gaussian mixture fitted by EM to the posterior means of "
+        "the training images (Ghosh et al. 2020), which puts samples where the codes of real images are rather "
+        "than in the holes of the aggregate posterior. Every set is compared with the test images through the judge's penultimate features "
         "(flip-averaged). FCD is the Fréchet distance "
         "between Gaussians fitted to the two feature sets (FID's formula on our judge); KID is the unbiased "
         "squared MMD with the cubic polynomial kernel (Bińkowski et al. 2018), mean and standard deviation over "

@@ -174,13 +174,6 @@ def model_versions(uri: str, name: str) -> list[dict[str, Any]]:
                     "description": v.description, "source": v.source} for v in found), key=lambda v: v["version"])
 
 
-def load_model(model_uri: str, uri: str | None = None) -> torch.nn.Module:
-    """Load a logged model back as a torch module (a generator maps z (B, z) -> images (B, 3, 32, 32) in [0, 1])."""
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
-
-
 def find_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
     """All runs of an experiment as dicts of name, status, params and metrics (for tests and reports)."""
     mlflow.set_tracking_uri(uri)
@@ -200,16 +193,17 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def open_model(model_uri: str, uri: str) -> torch.nn.Module:
-    """`load_model` for user-facing tools: a missing store, run, model, version or alias raises TrackingError
-    naming the URI instead of an MLflow traceback."""
+def load_model(model_uri: str, uri: str) -> torch.nn.Module:
+    """Load a logged model from the store at `uri` (a VAE's is a Codec: z (B, z) -> images (B, 3, 32, 32) in
+    [0, 1], and encode). A missing store, run, model, version or alias raises TrackingError naming the URI."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         # MLflow would silently create an empty store here, then report the model as missing.
         raise TrackingError(f"no MLflow store at {uri} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
     # A progress bar per artifact download would bury the tool's one-line output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(uri)
     try:
-        return load_model(model_uri, uri)
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot load {model_uri} from {uri}: {e.message}") from None
     except OSError as e:  # the store lists the model but its artifact files are gone

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaelab import data, factors, judge, metrics, storage, tracking
+from vaelab import data, density, factors, judge, metrics, storage, tracking
 from vaelab.loss import bits_per_dim
 from vaelab.params import JudgeConfig, from_dict
 from vaelab.stages import layout
@@ -62,13 +62,26 @@ def main(argv: list[str] | None = None) -> int:
 
     # Sample quality, judged against the judge's features of the test images.
     test_feats, _ = judge.predict(judge_net, ds.test_x, device, bf16=judge_cfg.bf16)
+
+    def judged(z: torch.Tensor) -> dict[str, float]:
+        images = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
+        feats, probs = judge.predict(judge_net, images, device, bf16=judge_cfg.bf16)
+        return metrics.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, seed)
+
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(ev.n_samples, model.cfg.latent_dim, generator=g)
-    samples = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
-    feats, probs = judge.predict(judge_net, samples, device, bf16=judge_cfg.bf16)
-    m.update(metrics.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, seed))
+    m.update(judged(z))
     m["n_samples"] = ev.n_samples
     timed(f"{ev.n_samples} prior samples judged")
+    # The other samplers: the same noise at temperature tau, and a mixture fitted to the training codes.
+    sp = params.sampling
+    m.update({f"tau_{k}": v for k, v in judged(sp.temperature * z).items()})
+    m["temperature"] = sp.temperature
+    gmm = density.fit_gmm(train_mu, sp.gmm_components, sp.gmm_iterations, seed)
+    m.update({f"gmm_{k}": v for k, v in judged(density.sample(gmm, ev.n_samples, g)).items()})
+    m["gmm_components"] = sp.gmm_components
+    m["gmm_test_log_prob"] = float(density.log_prob(gmm, mu).mean())  # nats per test code
+    timed(f"samples at τ = {sp.temperature:g} and from a {sp.gmm_components}-component mixture on μ judged")
     n_rec = min(ev.n_samples, n_test)
     recon = torch.cat([metrics.decode_uint8(model, mb) for mb in mu[:n_rec].split(ev.batch_size)])
     feats, probs = judge.predict(judge_net, recon, device, bf16=judge_cfg.bf16)
@@ -94,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['test_psnr']:.2f} dB, KL {m['rate_nats']:.1f} nats, {m['active_units']} active units, TC "
           f"{m['total_correlation']:.1f} nats, probe {m['probe_accuracy']:.3f}, factor score {m['factor_score']:.3f}, "
           f"fcd {m['fcd']:.2f}, kid {m['kid']:.4f}, confidence {m['judge_confidence']:.3f}, class entropy "
-          f"{m['class_entropy']:.2f} bits; {m['eval_seconds']:.0f} s")
+          f"{m['class_entropy']:.2f} bits (τ = {sp.temperature:g}: fcd {m['tau_fcd']:.2f}, class entropy "
+          f"{m['tau_class_entropy']:.2f}; mixture: fcd {m['gmm_fcd']:.2f}, class entropy {m['gmm_class_entropy']:.2f}); "
+          f"{m['eval_seconds']:.0f} s")
     return 0
 
 
