@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     n_factor = min(ev.factor_images, n_test)
     response = factors.factor_response(lambda x: metrics.encode(model, x, device, ev.batch_size, bf16)[0],
                                        ds.test_x[:n_factor], factors.factor_transforms(ev))
-    for name, r in response.items():
-        m[f"factor_score_{name}"] = factors.factor_score(r)
-    m["factor_score"] = sum(factors.factor_score(r) for r in response.values()) / len(response)
+    scores = {name: factors.factor_score(r) for name, r in response.items()}
+    m.update({f"factor_score_{name}": score for name, score in scores.items()})
+    m["factor_score"] = sum(scores.values()) / len(scores)
     timed("factor scores")
 
     # Sample quality, judged against the judge's features of the test images.
