@@ -200,3 +200,39 @@ def test_html_report_names_a_missing_image():
 
     with pytest.raises(FileNotFoundError, match="x.png"):
         to_html("![x](x.png)\n", read)
+
+
+def preset(name, description, betas_rows, judge_md5="j"):
+    return {"preset": name, "description": description, "judge_md5": judge_md5,
+            "model": {"latent_dim": 128, "likelihood": "gaussian", "res_blocks": 0},
+            "train": {"epochs": 6, "mmd_weight": 0.0, "ema_decay": 0.0, "kl_warmup_epochs": 0.0},
+            "betas": [{"beta": r["beta"], "train": {"train_seconds": 60.0 * r["train_minutes"]},
+                       "eval": {k: v for k, v in r.items() if k not in ("train_minutes", "tag")},
+                       "prior_samples": f"{name}_beta_{r['beta']:g}.png"}
+                      for r in betas_rows]}
+
+
+def test_baseline_ablation_and_targets_follow_the_numbers():
+    default = [row(1, 120.0, 21.0, 6.4, 40, fcd=90.0), row(5, 30.0, 18.0, 6.9, 12, fcd=95.0)]
+    base = preset("baseline", "", [row(1, 300.0, 23.0, 6.2, 128, fcd=200.0), row(5, 90.0, 20.0, 6.5, 60, fcd=210.0)])
+    step = preset("baseline-mmd", "+ MMD", [row(1, 280.0, 22.5, 6.25, 128, fcd=150.0)])
+    lines = "\n".join(report.comparison_section(default, [base, step], "j", {"1": "figures/beta_1", "5": "figures/beta_5"}))
+    assert "| β = 1: baseline | β = 1: default | β = 5: baseline | β = 5: default |" in lines
+    assert "(presets/baseline_beta_5.png) | ![β = 5, default](figures/beta_5/prior_samples.png) |" in lines
+    assert "| β = 1: baseline | 200.00 |" in lines and "| β = 1: default | 90.00 |" in lines
+    assert "| β = 5: baseline | 210.00 |" in lines and "| β = 5: default | 95.00 |" in lines
+    # The ablation rows run baseline -> each preset -> final default, at β = 1.
+    ablation = lines[lines.index("**Ablation**"):]
+    assert ablation.index("`baseline`") < ablation.index("`baseline-mmd`: + MMD | 150.00") < ablation.index(
+        "**final default**")
+    assert "z = 128, gaussian, 0 res. blocks, 6 epochs" in ablation  # no description: the recipe in words
+    assert "Warning" not in lines
+    # FCD 90 <= 100 met; confidence 0.6 vs 0.6 not higher: missed; entropy 3.1 >= 3: met.
+    assert "2 of 3 met" in lines and "FCD 90.00 vs ½ × baseline 100.00: met" in lines
+    assert "judge confidence 0.600 vs baseline 0.600: missed" in lines and "class entropy 3.10 vs 3.00 bits: met" in lines
+    worse = report.comparison_section([row(1, 120.0, 21.0, 6.4, 40, fcd=101.0)], [base], "other-judge")
+    text = "\n".join(worse)
+    assert "FCD 101.00 vs ½ × baseline 100.00: missed" in text and "1 of 3 met" in text
+    assert "**Warning:** judged by another judge model than this run's: baseline." in text
+    none = "\n".join(report.comparison_section(default, [], "j"))
+    assert "None has been run yet" in none and "|" not in none

@@ -112,3 +112,32 @@ def test_registry_alias_of_a_beta(beta, alias):
 
     assert model_alias(beta) == alias
     assert re.fullmatch(r"[\w\-]+", alias)  # MLflow's alias rule
+
+
+def test_mmd_is_near_zero_for_prior_codes_and_grows_with_the_mismatch():
+    from vaelab.loss import mmd_imq
+
+    torch.manual_seed(0)
+    same = torch.stack([mmd_imq(torch.randn(256, 16)) for _ in range(20)])
+    assert abs(float(same.mean())) < 3 * float(same.std()) / 20 ** 0.5 + 1e-4  # unbiased: zero on average
+    shifted = [float(mmd_imq(torch.randn(256, 16) + s)) for s in (0.25, 0.5, 1.0)]
+    assert shifted == sorted(shifted) and shifted[0] > float(same.abs().max())
+    narrow = float(mmd_imq(0.2 * torch.randn(256, 16)))  # the "holes" case: codes too concentrated
+    assert narrow > float(same.abs().max())
+    # Its gradient moves shifted codes back towards the prior's mean.
+    z = (torch.randn(128, 16) + 1.0).requires_grad_()
+    mmd_imq(z).backward()
+    assert float((z.grad * z.detach()).sum()) > 0  # descending the gradient shrinks the codes
+
+
+def test_mmd_weight_adds_its_term_to_the_loss_only():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=0))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    out = model(x)
+    torch.manual_seed(1)
+    a = vae_loss(x, out, 1.0, "logistic", model.log_sigma)
+    torch.manual_seed(1)
+    b = vae_loss(x, out, 1.0, "logistic", model.log_sigma, mmd_weight=100.0)
+    assert torch.equal(a["mmd"], b["mmd"]) and torch.equal(a["bpd"], b["bpd"])
+    torch.testing.assert_close(b["loss"], a["recon"] + a["kl"] + 100.0 * a["mmd"])

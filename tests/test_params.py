@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaelab.params import Params, ParamsError, from_dict, load_params
+from vaelab.model import VAE, count_parameters
+from vaelab.params import Params, ParamsError, from_dict, load_params, load_presets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,15 @@ def write(tmp_path: Path, raw: dict) -> Path:
         ({"sampling": {"temperature": float("nan")}}, "sampling.temperature"),
         ({"sampling": {"gmm_components": 0}}, "sampling.gmm_components"),
         ({"sampling": {"gmm_iterations": 0}}, "sampling.gmm_iterations"),
+        ({"train": {"mmd_weight": -1}}, "train.mmd_weight"),
+        ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
+        ({"presets": [1]}, "presets"),
+        ({"presets": {"Base Line": {}}}, "presets.Base Line"),
+        ({"presets": {"baseline": {"evaluate": {"n_samples": 10}}}}, "presets.baseline.evaluate"),
+        ({"presets": {"baseline": {"model": {"latent_dims": 8}}}}, "presets.baseline.model.latent_dims"),
+        ({"presets": {"baseline": {"model": {"latent_dim": 0}}}}, "presets.baseline.model.latent_dim"),
+        ({"presets": {"baseline": {"train": {"epochs": "six"}}}}, "presets.baseline.train.epochs"),
+        ({"presets": {"baseline": {"description": 3}}}, "presets.baseline.description"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, raw, key):
@@ -88,3 +98,31 @@ def test_missing_or_broken_file(tmp_path):
 def test_from_dict_reads_scientific_strings():
     # YAML 1.1 reads "2e-3" (no dot) as a string; it must still be a number.
     assert from_dict(Params, {"train": {"lr": "2e-3"}}).train.lr == pytest.approx(0.002)
+
+
+def test_presets_override_model_and_train_only(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(
+        {"model": {"latent_dim": 32, "res_blocks": 2}, "train": {"epochs": 9, "betas": [1, 5]},
+         "evaluate": {"n_samples": 77},
+         "presets": {"small": {"description": "d", "model": {"latent_dim": 8}, "train": {"epochs": 2}}, "same": {}}},
+        sort_keys=False))
+    presets = load_presets(path)
+    assert list(presets) == ["small", "same"]  # file order: the order of the report's ablation table
+    description, small = presets["small"]
+    assert description == "d"
+    assert (small.model.latent_dim, small.model.res_blocks, small.train.epochs) == (8, 2, 2)  # the rest inherited
+    assert small.train.betas == (1.0, 5.0) and small.evaluate.n_samples == 77
+    assert presets["same"][1] == load_params(path)
+    assert load_presets(write(tmp_path, {})) == {}
+
+
+def test_shipped_baseline_preset_is_the_plain_vae():
+    """The guide's plain VAE: z = 128, global-sigma Gaussian decoder, no residual blocks, bf16, 6 epochs, 2.9M
+    parameters, same betas as the default run."""
+    description, base = load_presets(REPO / "params.yaml")["baseline"]
+    assert (base.model.latent_dim, base.model.likelihood, base.model.res_blocks) == (128, "gaussian", 0)
+    assert (base.train.epochs, base.train.bf16, base.train.mmd_weight, base.train.ema_decay) == (6, True, 0.0, 0.0)
+    assert base.train.kl_warmup_epochs == 0 and base.train.betas == load_params(REPO / "params.yaml").train.betas
+    assert count_parameters(VAE(base.model)) == 2_894_724
+    assert "plain" in description

@@ -105,7 +105,7 @@ def test_dvc_repro_end_to_end(small_repo):
     # The logged model decodes z into images.
     run_file = json.loads((repo / "models" / "beta_1" / "mlflow_run.json").read_text())
     generator = tracking.load_model(run_file["model_uri"], uri)
-    images = generator(torch.randn(4, 64))
+    images = generator(torch.randn(4, generator.latent_dim))
     assert images.shape == (4, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
 
     # Model Registry: one version per beta under one name, alias beta-<beta> on the version of that beta's run;
@@ -120,7 +120,7 @@ def test_dvc_repro_end_to_end(small_repo):
         assert f"β = {beta}," in note and "1 epochs on 1000 CIFAR-10 training images" in note, note
         assert re.search(r"final test \d+\.\d{3} bits/dim", note), note
     codec = tracking.load_model("models:/cifar10-vae@beta-5", uri)
-    assert codec.encode(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+    assert codec.encode(torch.rand(2, 3, 32, 32)).shape == (2, codec.latent_dim)
     beta5 = json.loads((repo / "models" / "beta_5" / "mlflow_run.json").read_text())
     assert (beta5["registered_model"], beta5["alias"]) == ("cifar10-vae", "beta-5")
 
@@ -143,6 +143,57 @@ def test_dvc_repro_end_to_end(small_repo):
 
     # A second repro with nothing changed runs nothing.
     assert "didn't change, skipping" in _run(["dvc", "repro"], repo, env)
+
+
+@pytest.mark.slow
+def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
+    import hashlib
+
+    from vaelab import tracking
+
+    repo = small_repo
+    env = _env(repo)
+    if not (repo / "dvc.lock").exists() or "train@1" not in (repo / "dvc.lock").read_text():
+        _run(["dvc", "repro"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    base = params["presets"]["baseline"]
+    base["train"].update({"epochs": 2, "betas": [1]})
+    params["presets"] = {"baseline": base}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    # The DAG ignores presets: nothing but the report (which reads them) is out of date.
+    assert set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M)) <= {"report"}
+
+    bad = subprocess.run([sys.executable, "-m", "vaelab.stages.preset", "nope"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no preset 'nope'" in bad.stderr and "baseline" in bad.stderr
+    log = _run([sys.executable, "-m", "vaelab.stages.preset", "baseline"], repo, env)
+    assert "wrote reports/presets/baseline.json" in log
+    result = json.loads((repo / "reports" / "presets" / "baseline.json").read_text())
+    assert [b["beta"] for b in result["betas"]] == [1.0]
+    assert result["model"]["latent_dim"] == 128 and result["train"]["epochs"] == 2
+    assert result["judge_md5"] == hashlib.md5((repo / "models" / "judge" / "judge.pt").read_bytes()).hexdigest()
+    (b1,) = result["betas"]
+    assert b1["train"]["epochs"] == 2 and b1["train"]["parameters"] == 2_894_724
+    for key in ("fcd", "kid", "judge_confidence", "class_entropy", "test_bpd", "test_psnr"):
+        assert isinstance(b1["eval"][key], float), key
+    # Its own files and MLflow run; the default models are untouched.
+    assert (repo / "presets" / "baseline" / "models" / "beta_1" / "model.pt").is_file()
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    runs = {r["name"]: r for r in tracking.find_runs(uri, "cifar10-beta-vae")}
+    assert runs["baseline/beta=1"]["tags"]["preset"] == "baseline" and runs["beta=1"]["tags"]["preset"] == "default"
+    assert "fcd" in runs["baseline/beta=1"]["metrics"]
+    aliases = {a: v["run_id"] for v in tracking.model_versions(uri, "cifar10-vae") for a in v["aliases"]}
+    assert aliases["baseline-beta-1"] == runs["baseline/beta=1"]["run_id"]
+    assert aliases["beta-1"] == runs["beta=1"]["run_id"]
+
+    # `dvc repro` now reruns the report only, which shows the baseline beside the default.
+    log = _run(["dvc", "repro"], repo, env)
+    assert "Running stage 'report'" in log and "Running stage 'train@" not in log
+    md = (repo / "reports" / "report.md").read_text()
+    assert f"| β = 1: baseline | {b1['eval']['fcd']:.2f} |" in md and "| β = 1: default |" in md
+    assert "`baseline`: the plain VAE" in md and "**final default**" in md
+    assert re.search(r"Targets at β = 1 \(N\(0, I\) samples, default vs baseline\): [0-3] of 3 met", md)
+    assert "Warning" not in md  # same judge
 
 
 @pytest.mark.slow

@@ -29,8 +29,9 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
-    cfg = TrainConfig(epochs=3, batch_size=8, warmup_steps=2, bf16=False)
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9, "mmd_weight": 100.0}], ids=["plain", "ema+mmd"])
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, extra):
+    cfg = TrainConfig(epochs=3, batch_size=8, warmup_steps=2, bf16=False, **extra)
     x, xt = images(32), images(8, 1)
 
     torch.manual_seed(0)

@@ -104,5 +104,44 @@ def test_evaluate_terms_is_deterministic_in_eval_mode():
     torch.manual_seed(0)
     model = VAE(SMALL)
     a = evaluate_terms(model, images(10), 1.0, CPU, batch_size=4, bf16=False)
-    assert set(a) == {"loss", "recon", "kl", "bpd"}
+    assert set(a) == {"loss", "recon", "kl", "mmd", "bpd"}
     assert a["bpd"] > 0
+
+
+def test_ema_model_ends_on_the_average_and_is_what_gets_evaluated():
+    x, xt = smooth_images(32), smooth_images(8)
+    cfg = TrainConfig(epochs=2, batch_size=8, warmup_steps=0, bf16=False)
+    torch.manual_seed(0)
+    plain = VAE(SMALL)
+    plain_hist = train(plain, x, xt, 1.0, cfg, seed=0, device=CPU, progress=False)
+    states = []
+    torch.manual_seed(0)
+    averaged = VAE(SMALL)
+    hist = train(averaged, x, xt, 1.0, TrainConfig(**{**cfg.__dict__, "ema_decay": 0.9}), seed=0, device=CPU,
+                 progress=False, on_epoch=lambda row, state: states.append(
+                     ({k: v.clone() for k, v in state["model"].items()}, [t.clone() for t in state["ema"]])))
+    # The same optimisation (the live weights follow the same path), but the model ends holding the average.
+    live, ema = states[-1]
+    assert all(torch.equal(live[k], v) for k, v in plain.state_dict().items())
+    trained = [p for p in averaged.parameters() if p.requires_grad]
+    assert all(torch.equal(p, e) for p, e in zip(trained, ema))
+    assert not torch.equal(trained[0], live["encoder.net.0.weight"])
+    # Train terms are the live weights' (identical), test terms the average's (different, and re-measurable).
+    assert [r["train_loss"] for r in hist] == [r["train_loss"] for r in plain_hist]
+    assert hist[-1]["test_loss"] != plain_hist[-1]["test_loss"]
+    again = evaluate_terms(averaged, xt, 1.0, CPU, bf16=False)
+    assert again["recon"] == pytest.approx(hist[-1]["test_recon"], rel=1e-3)  # one posterior sample each
+
+
+def test_mmd_weight_pulls_the_codes_towards_the_prior():
+    """The same short run with and without the MMD term: with it, the codes' distance to N(0, I) is smaller."""
+    x = smooth_images(64)
+
+    def final_mmd(weight):
+        torch.manual_seed(0)
+        model = VAE(SMALL)
+        cfg = TrainConfig(epochs=15, batch_size=32, lr=3e-3, warmup_steps=2, bf16=False, mmd_weight=weight)
+        return train(model, x, x, 0.05, cfg, seed=0, device=CPU, progress=False)[-1]["test_mmd"]
+
+    without, with_mmd = final_mmd(0.0), final_mmd(3000.0)
+    assert with_mmd < 0.5 * without, (without, with_mmd)

@@ -91,18 +91,39 @@ def bits_per_dim(nats_per_image: torch.Tensor) -> torch.Tensor:
     return nats_per_image / (N_DIMS * math.log(2.0))
 
 
+def mmd_imq(z: torch.Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)) -> torch.Tensor:
+    """Unbiased MMD^2 between a batch of codes z (B, d) and as many fresh N(0, I) draws: how far the aggregate
+    posterior is from the prior (0 = indistinguishable). Inverse multiquadratic kernels C / (C + |a - b|^2) with
+    C = 2 d s for each scale s, as in WAE (Tolstikhin et al. 2018), whose heavy tails keep gradients alive
+    for codes far from the prior."""
+    z = z.float()
+    n, d = z.shape
+    p = torch.randn_like(z)
+    both = torch.cat([z, p])  # (2B, d)
+    sq = torch.cdist(both, both).pow(2)  # (2B, 2B)
+    k = sum(2 * d * s / (2 * d * s + sq) for s in scales)
+    off = 1.0 - torch.eye(n, device=z.device)  # the unbiased estimate leaves out k(a, a)
+    kzz, kpp, kzp = k[:n, :n], k[n:, n:], k[:n, n:]
+    return ((kzz * off).sum() + (kpp * off).sum()) / (n * (n - 1)) - 2.0 * kzp.mean()
+
+
 def vae_loss(
-    x: torch.Tensor, out: dict[str, torch.Tensor], beta: float, likelihood: str, log_sigma: torch.Tensor
+    x: torch.Tensor, out: dict[str, torch.Tensor], beta: float, likelihood: str, log_sigma: torch.Tensor,
+    mmd_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Batch-mean named terms: loss = recon + beta * kl; elbo terms use beta = 1. All in nats per image
-    except bpd (bits/dim of the negative ELBO)."""
+    """Batch-mean named terms: loss = recon + beta * kl + mmd_weight * mmd; elbo terms use beta = 1. All in
+    nats per image except bpd (bits/dim of the negative ELBO) and mmd (a squared kernel distance, unitless)."""
     recon = recon_nll(x, out["params"], likelihood, log_sigma)  # (B,)
     kl = kl_normal(out["mu"], out["logvar"]).sum(1)  # (B,)
     recon_m, kl_m = recon.mean(), kl.mean()
+    # InfoVAE / MMD-VAE (Zhao et al. 2019): a batch-level pull of the aggregate posterior onto N(0, I), which
+    # the per-image KL cannot give, so that prior samples land where the decoder has seen codes.
+    mmd = mmd_imq(out["z"])
     return {
-        "loss": recon_m + beta * kl_m,  # beta multiplies the KL term only
+        "loss": recon_m + beta * kl_m + mmd_weight * mmd,  # beta multiplies the KL term only
         "recon": recon_m,
         "kl": kl_m,
+        "mmd": mmd,
         "neg_elbo": recon_m + kl_m,
         "bpd": bits_per_dim(recon_m + kl_m),
     }

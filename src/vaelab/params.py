@@ -66,6 +66,8 @@ class TrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 200  # linear learning-rate warm-up, then cosine decay to zero
     kl_warmup_epochs: float = 0.0  # KL weight ramps linearly 0 -> beta over this many epochs (0 = off)
+    mmd_weight: float = 0.0  # weight of the MMD(aggregate posterior, N(0, I)) term (InfoVAE), 0 = plain beta-VAE
+    ema_decay: float = 0.0  # exponential moving average of the weights, used for evaluation and saved (0 = off)
     weight_decay: float = 0.0
     grad_clip: float = 200.0  # max global gradient norm
     bf16: bool = True  # bf16 autocast on CPU (CUDA always uses it)
@@ -82,6 +84,9 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs", "must be >= 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(math.isfinite(self.mmd_weight) and self.mmd_weight >= 0, "train.mmd_weight",
+               f"must be a finite number >= 0, got {self.mmd_weight}")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
 
@@ -279,8 +284,12 @@ def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (missing keys take the dataclass defaults)."""
+# What a preset may override: the model and its training recipe. Data, evaluation, judge and samplers stay those
+# of the default run, so a preset's numbers compare with the default's.
+PRESET_KEYS = ("description", "model", "train")
+
+
+def _read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params: file not found: {path}")
@@ -290,7 +299,54 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"params: {path} is not valid YAML: {e}") from None
     if not isinstance(raw, Mapping):
         raise ParamsError(f"params: {path} must hold a mapping at the top level")
-    return from_dict(Params, raw)
+    return dict(raw)
+
+
+def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple[str, Params]]:
+    """Validate the `presets` section: name -> (description, the default params with the preset's overrides)."""
+    section = raw.get("presets") or {}
+    if not isinstance(section, Mapping):
+        raise ParamsError("params: 'presets' must be a mapping of preset name -> overrides")
+    out = {}
+    for name, preset in section.items():
+        key = f"presets.{name}"
+        if not isinstance(name, str) or re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", name) is None:
+            raise ParamsError(f"params: '{key}' must be named with lowercase letters, digits, '_' or '-'")
+        if not isinstance(preset, Mapping):
+            raise ParamsError(f"params: '{key}' must be a mapping with keys {', '.join(PRESET_KEYS)}")
+        for k in preset:
+            if k not in PRESET_KEYS:
+                raise ParamsError(f"params: unknown key '{key}.{k}' (allowed: {', '.join(PRESET_KEYS)})")
+        description = preset.get("description", "")
+        if not isinstance(description, str):
+            raise ParamsError(f"params: '{key}.description' must be a string")
+        merged = dict(base)
+        for section_name in ("model", "train"):
+            overrides = preset.get(section_name) or {}
+            if not isinstance(overrides, Mapping):
+                raise ParamsError(f"params: '{key}.{section_name}' must be a mapping")
+            try:  # checked alone first, so that an error names the preset's key
+                from_dict(Params, {section_name: {**(base.get(section_name) or {}), **overrides}})
+            except ParamsError as e:
+                raise ParamsError(str(e).replace("'", f"'{key}.", 1)) from None
+            merged[section_name] = {**(base.get(section_name) or {}), **overrides}
+        out[name] = (description, from_dict(Params, merged))
+    return out
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (missing keys take the dataclass defaults); its presets are validated too."""
+    raw = _read(path)
+    base = {k: v for k, v in raw.items() if k != "presets"}
+    params = from_dict(Params, base)
+    _presets(raw, base)  # a broken preset fails every stage early, not hours later when it is run
+    return params
+
+
+def load_presets(path: str | Path = "params.yaml") -> dict[str, tuple[str, Params]]:
+    """The named recipes of params.yaml's `presets` section, in file order: name -> (description, params)."""
+    raw = _read(path)
+    return _presets(raw, {k: v for k, v in raw.items() if k != "presets"})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

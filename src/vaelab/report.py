@@ -90,6 +90,74 @@ def quality_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any
     return table(body, QUALITY_COLUMNS, ("images", labels))
 
 
+ABLATION_COLUMNS = (
+    ("fcd", "FCD ↓", "{:.2f}"),
+    ("kid", "KID ↓", "{:.4f}"),
+    ("judge_confidence", "judge confidence ↑", "{:.3f}"),
+    ("class_entropy", "class entropy (bits) ↑", "{:.2f}"),
+    ("test_bpd", "test bits/dim ↓", "{:.3f}"),
+    ("test_psnr", "PSNR (dB) ↑", "{:.2f}"),
+    ("rate_nats", "rate (nats)", "{:.1f}"),
+    ("train_minutes", "train time (min)", "{:.1f}"),
+)
+
+
+def preset_rows(preset: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per beta of a preset's results file (reports/presets/NAME.json): train and eval metrics joined."""
+    rows = []
+    for b in preset["betas"]:
+        row = {**b["train"], **b["eval"], "beta": b["beta"]}
+        row["train_minutes"] = row["train_seconds"] / 60
+        rows.append(row)
+    return rows
+
+
+def _recipe(preset: Mapping[str, Any]) -> str:
+    m, t = preset["model"], preset["train"]
+    return (f"z = {m['latent_dim']}, {m['likelihood']}, {m['res_blocks']} res. blocks, {t['epochs']} epochs, "
+            f"MMD weight {t['mmd_weight']:g}, EMA {t['ema_decay']:g}, KL warm-up {t['kl_warmup_epochs']:g} ep.")
+
+
+def baseline_table(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]) -> str:
+    """Baseline preset and default model side by side, per beta both ran, N(0, I) samples (ablation columns)."""
+    base = {r["beta"]: r for r in baseline}
+    body, labels = [], []
+    for r in sorted(rows, key=lambda r: r["beta"]):
+        if r["beta"] in base:
+            body += [base[r["beta"]], r]
+            labels += [f"β = {r['beta']:g}: baseline", f"β = {r['beta']:g}: default"]
+    return table(body, ABLATION_COLUMNS, ("model, samples z ~ N(0, I)", labels))
+
+
+def ablation_table(presets: Sequence[Mapping[str, Any]], final: Mapping[str, Any]) -> str:
+    """One row per preset that ran at final's beta (params order: baseline, then each change), then the final
+    default; N(0, I) samples of that beta."""
+    body, labels = [], []
+    for p in presets:
+        for r in preset_rows(p):
+            if r["beta"] == final["beta"]:
+                body.append(r)
+                labels.append(f"`{p['preset']}`: {p['description'] or _recipe(p)}")
+    body.append(final)
+    labels.append("**final default** (params.yaml `model`, `train`)")
+    return table(body, ABLATION_COLUMNS, (f"recipe (β = {final['beta']:g})", labels))
+
+
+def targets(final: Mapping[str, Any], baseline: Mapping[str, Any]) -> str:
+    """The modelling targets against the baseline, checked on the numbers: FCD at most half the baseline's,
+    higher judge confidence, class entropy >= 3 bits (N(0, I) samples of the same beta)."""
+    checks = [
+        (final["fcd"] <= 0.5 * baseline["fcd"],
+         f"FCD {final['fcd']:.2f} vs ½ × baseline {0.5 * baseline['fcd']:.2f}"),
+        (final["judge_confidence"] > baseline["judge_confidence"],
+         f"judge confidence {final['judge_confidence']:.3f} vs baseline {baseline['judge_confidence']:.3f}"),
+        (final["class_entropy"] >= 3.0, f"class entropy {final['class_entropy']:.2f} vs 3.00 bits"),
+    ]
+    met = sum(ok for ok, _ in checks)
+    return (f"Targets at β = {final['beta']:g} (N(0, I) samples, default vs baseline): {met} of 3 met — "
+            + "; ".join(f"{text}: {'met' if ok else 'missed'}" for ok, text in checks) + ".")
+
+
 def organisation_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Organisation of the latent space, one row per beta."""
     return table(sorted(rows, key=lambda r: r["beta"]), ORGANISATION_COLUMNS)
@@ -210,11 +278,51 @@ def summary(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] | No
     return " ".join(parts)
 
 
+def comparison_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mapping[str, Any]],
+                       judge_md5: str, figures: Mapping[str, str] | None = None) -> list[str]:
+    """The report's 'Baseline and ablation' lines: baseline vs default per beta (table and, given the default's
+    `figures` folders by tag, prior grids), the targets, the ablation table. `presets` are the results files of
+    params.yaml's presets (reports/presets/NAME.json), in params order."""
+    intro = ("Presets are recipes in params.yaml's `presets` section, run outside the default DAG with "
+             "`python -m vaelab.stages.preset NAME` (results in `reports/presets/NAME.json`, read here).")
+    if not presets:
+        return [intro + " None has been run yet.", ""]
+    lines = [intro, ""]
+    stale = [p["preset"] for p in presets if p["judge_md5"] != judge_md5]
+    if stale:
+        lines += [f"**Warning:** judged by another judge model than this run's: {', '.join(stale)}. Rerun "
+                  "those presets for comparable sample-quality numbers.", ""]
+    base = next((p for p in presets if p["preset"] == "baseline"), None)
+    if base is not None:
+        base_rows = preset_rows(base)
+        lines += [f"**Baseline vs default.** Baseline: {_recipe(base)}", "", baseline_table(rows, base_rows), ""]
+        final = next((r for r in sorted(rows, key=lambda r: r["beta"]) if r["beta"] in
+                      {b["beta"] for b in base_rows}), None)
+        if final is not None:
+            lines += [targets(final, next(b for b in base_rows if b["beta"] == final["beta"])), ""]
+        grids = {b["beta"]: b["prior_samples"] for b in base["betas"] if b.get("prior_samples")}
+        pairs = [r for r in sorted(rows, key=lambda r: r["beta"]) if r["beta"] in grids and figures]
+        if pairs:
+            lines += ["The same 16 codes z ~ N(0, I) decoded by each model:", "",
+                      "| " + " | ".join(f"β = {r['beta']:g}: {who}" for r in pairs
+                                        for who in ("baseline", "default")) + " |",
+                      "|" + "|".join(":---:" for _ in range(2 * len(pairs))) + "|",
+                      "| " + " | ".join(f"![β = {r['beta']:g}, baseline](presets/{grids[r['beta']]}) | "
+                                        f"![β = {r['beta']:g}, default]({figures[r['tag']]}/prior_samples.png)"
+                                        for r in pairs) + " |", ""]
+    final = min(rows, key=lambda r: abs(r["beta"] - 1.0))
+    lines += ["**Ablation**: each row adds one change to the row above it; the last is this run's default.", "",
+              ablation_table(presets, final), ""]
+    return lines
+
+
 def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any],
-           reference: Mapping[str, Any], comparison: Mapping[str, str]) -> str:
+           reference: Mapping[str, Any], comparison: Mapping[str, str],
+           presets: Sequence[Mapping[str, Any]] = (), judge_md5: str = "") -> str:
     """The whole report as markdown. `figures` maps a beta tag to its figures folder relative to the report,
     `comparison` a cross-beta figure stem to its path; `setup` describes the run (epochs, data size, model
-    choices); `reference` holds the judge's metrics and the real-image reference row."""
+    choices); `reference` holds the judge's metrics and the real-image reference row; `presets` the results
+    of the presets that were run (baseline, ablation steps) and `judge_md5` this run's judge."""
     rows = sorted(rows, key=lambda r: r["beta"])
     r0 = rows[0]
     lines = [
@@ -229,6 +337,9 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "",
         summary(rows, reference),
         "",
+        "## Baseline and ablation",
+        "",
+        *comparison_section(rows, presets, judge_md5, figures),
         "## Likelihood and reconstruction",
         "",
         metric_table(rows),

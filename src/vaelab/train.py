@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
-from typing import Any, Callable
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ from vaelab.data import batch_indices, to_unit
 from vaelab.loss import vae_loss
 from vaelab.params import TrainConfig
 
-TERMS = ("loss", "recon", "kl", "bpd")
+TERMS = ("loss", "recon", "kl", "mmd", "bpd")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,11 +47,28 @@ def kl_weight(epoch_progress: float, beta: float, cfg: TrainConfig) -> float:
     return beta * min(1.0, epoch_progress / cfg.kl_warmup_epochs)
 
 
+@contextmanager
+def swapped_in(params: list[torch.Tensor], ema: list[torch.Tensor] | None) -> Iterator[None]:
+    """Within the block the parameters hold the EMA weights (nothing happens when ema is None)."""
+    if ema is None:
+        yield
+        return
+    live = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        torch._foreach_copy_(params, ema)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(params, live)
+
+
 @torch.no_grad()
 def evaluate_terms(
-    model: nn.Module, x: torch.Tensor, beta: float, device: torch.device, batch_size: int = 500, bf16: bool = True
+    model: nn.Module, x: torch.Tensor, beta: float, device: torch.device, batch_size: int = 500, bf16: bool = True,
+    mmd_weight: float = 0.0,
 ) -> dict[str, float]:
-    """Mean loss / recon / kl (nats per image) and bpd over uint8 images x (N, 3, 32, 32)."""
+    """Mean loss / recon / kl (nats per image), mmd and bpd over uint8 images x (N, 3, 32, 32)."""
     core = getattr(model, "module", model)  # unwrap DDP
     was_training = core.training
     core.eval()
@@ -60,7 +77,7 @@ def evaluate_terms(
         xb = to_unit(x[idx].to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             out = core(xb)
-        terms = vae_loss(xb, out, beta, core.cfg.likelihood, core.log_sigma)
+        terms = vae_loss(xb, out, beta, core.cfg.likelihood, core.log_sigma, mmd_weight)
         for k in TERMS:
             sums[k] += float(terms[k]) * len(idx)
     core.train(was_training)
@@ -87,6 +104,8 @@ def train(
     state (weights, optimizer, RNG, history: what `resume` takes) for logging and checkpoints. Given a `resume`
     state, training continues after its epoch and ends exactly as an uninterrupted run would (bit-identical on
     CPU). Raises NonFiniteLossError on a NaN/Inf loss, before the optimizer step can spoil the weights.
+    With cfg.ema_decay > 0 the per-epoch test terms are those of the weights' moving average, and the model
+    ends holding that average (the state passed to `on_epoch` carries both).
     """
     core = getattr(model, "module", model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -98,8 +117,12 @@ def train(
     total = steps_per_epoch * cfg.epochs
     history: list[dict[str, float]] = []
     step, start = 0, 1
+    # The moving average is kept in fp32 beside the live weights; it is what gets evaluated and saved.
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
     if resume is not None:
         core.load_state_dict(resume["model"])
+        if ema is not None:
+            ema = [t.to(device) for t in resume["ema"]]
         opt.load_state_dict(resume["optimizer"])
         gen.set_state(resume["batch_rng"])
         torch.set_rng_state(resume["torch_rng"])
@@ -119,7 +142,7 @@ def train(
             with autocast(device, cfg.bf16):
                 out = model(xb)
             w = kl_weight(epoch - 1 + i / steps_per_epoch, beta, cfg)
-            terms = vae_loss(xb, out, w, core.cfg.likelihood, core.log_sigma)
+            terms = vae_loss(xb, out, w, core.cfg.likelihood, core.log_sigma, cfg.mmd_weight)
             vals = {k: terms[k].item() for k in TERMS}
             if not math.isfinite(vals["loss"]):
                 raise NonFiniteLossError(
@@ -131,6 +154,10 @@ def train(
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                # Warm-up of the decay (as in timm / TF): early averages do not drag in the random init.
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
             step += 1
             for k in TERMS:
                 sums[k] += vals[k]
@@ -140,7 +167,8 @@ def train(
         bar.close()
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
-        test = evaluate_terms(model, test_x, beta, device, bf16=cfg.bf16)
+        with swapped_in(params, ema):
+            test = evaluate_terms(model, test_x, beta, device, bf16=cfg.bf16, mmd_weight=cfg.mmd_weight)
         row.update({f"test_{k}": v for k, v in test.items()})
         row.update({"lr": lr, "epoch_seconds": train_seconds,
                     "images_per_second": steps_per_epoch * cfg.batch_size * world_size / train_seconds})
@@ -153,5 +181,8 @@ def train(
             if on_epoch is not None:
                 on_epoch(row, {"epoch": epoch, "step": step, "model": core.state_dict(), "optimizer": opt.state_dict(),
                                "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                               "history": history})
+                               "history": history, **({"ema": ema} if ema is not None else {})})
+    if ema is not None:
+        with torch.no_grad():
+            torch._foreach_copy_(params, ema)
     return history

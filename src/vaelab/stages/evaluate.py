@@ -17,6 +17,12 @@ from vaelab.stages import layout
 
 def main(argv: list[str] | None = None) -> int:
     params, beta, paths = layout.beta_stage("evaluate", argv, __doc__)
+    return run(params, beta, paths)
+
+
+def run(params, beta: float, paths: layout.BetaPaths) -> int:
+    """Evaluate the model in paths.model with the default pipeline's judge; write paths.eval_metrics and log
+    them to the model's MLflow run. Returns the exit status."""
     ev, seed = params.evaluate, params.seed
     t0 = time.perf_counter()
     device = layout.device()
@@ -98,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame({"dim": range(len(kl_dims)), **{k: v.tolist() for k, v in response.items()}})
     storage.write_text(paths.factor_response, table.to_csv(index=False))
     run = storage.read_json(paths.run_file)
-    with tracking.run(run["tracking_uri"], run["experiment"], f"beta={beta:g}", run_id=run["run_id"]):
+    with tracking.run(run["tracking_uri"], run["experiment"], run.get("run_name", f"beta={beta:g}"),
+                      run_id=run["run_id"]):
         # At the last epoch's step: the per-epoch charts end on the definitive test-set numbers.
         tracking.log_metrics(m, step=config["train"]["epochs"])
         tracking.log_artifact(paths.kl_per_dim)

@@ -22,17 +22,26 @@ JUDGE_RUN = JUDGE_DIR / "mlflow_run.json"
 JUDGE_METRICS = Path("metrics") / "judge.json"
 JUDGE_HISTORY = Path("metrics") / "judge_history.csv"
 COMPARISON = Path("reports") / "comparison"
+# Results of params.yaml's presets (python -m vaelab.stages.preset NAME): small, git-tracked, read by the report.
+PRESET_RESULTS = Path("reports") / "presets"
+
+
+def preset_results_file(name: str) -> Path:
+    """Where a preset's measured numbers are written (and read by the report stage)."""
+    return PRESET_RESULTS / f"{name}.json"
 
 
 @dataclass(frozen=True)
 class BetaPaths:
-    """Files of one beta's model, as declared in dvc.yaml (tag = the foreach item as DVC prints it)."""
+    """Files of one beta's model, as declared in dvc.yaml (tag = the foreach item as DVC prints it); a preset's
+    runs keep the same layout under root = presets/<name>."""
 
     tag: str
+    root: Path = Path(".")
 
     @property
     def model_dir(self) -> Path:
-        return Path("models") / f"beta_{self.tag}"
+        return self.root / "models" / f"beta_{self.tag}"
 
     @property
     def model(self) -> Path:
@@ -45,11 +54,11 @@ class BetaPaths:
     @property
     def checkpoint(self) -> Path:
         # Outside the DVC outputs on purpose: DVC deletes a stage's outputs before it runs it again.
-        return Path("checkpoints") / f"beta_{self.tag}" / "last.pt"
+        return self.root / "checkpoints" / f"beta_{self.tag}" / "last.pt"
 
     @property
     def metrics_dir(self) -> Path:
-        return Path("metrics") / f"beta_{self.tag}"
+        return self.root / "metrics" / f"beta_{self.tag}"
 
     @property
     def history(self) -> Path:
@@ -73,7 +82,7 @@ class BetaPaths:
 
     @property
     def figures(self) -> Path:
-        return Path("reports") / "figures" / f"beta_{self.tag}"
+        return self.root / "reports" / "figures" / f"beta_{self.tag}"
 
 
 def repo_root() -> Path:

@@ -2,6 +2,7 @@
 listed in params.yaml train.betas."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from vaelab import plots, report, storage
-from vaelab.params import ParamsError, Params, load_params
-from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, PARAMS_FILE, BetaPaths
+from vaelab.params import ParamsError, Params, load_params, load_presets
+from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, JUDGE_MODEL, PARAMS_FILE, BetaPaths, preset_results_file
 
 REPORT = Path("reports/report.md")
 REPORT_HTML = Path("reports/report.html")  # the same report with every image embedded: one file to open or send
@@ -39,6 +40,12 @@ def collect(params: Params) -> list[dict]:
     return rows
 
 
+def preset_results() -> list[dict]:
+    """The results files of params.yaml's presets that have been run, in params order (reports/presets/)."""
+    return [storage.read_json(preset_results_file(name)) for name in load_presets(PARAMS_FILE)
+            if preset_results_file(name).is_file()]
+
+
 def choices(params: Params) -> list[str]:
     """The modelling choices of this run, in words, from params (for the report)."""
     m, t = params.model, params.train
@@ -53,6 +60,11 @@ def choices(params: Params) -> list[str]:
         f"{t.epochs} epochs, gradient-norm clip {t.grad_clip:g}, bf16 autocast: {t.bf16}.",
         "KL warm-up: " + (f"β ramps up linearly over the first {t.kl_warmup_epochs:g} epochs."
                           if t.kl_warmup_epochs > 0 else "none (β applies from the first step)."),
+        "Aggregate-posterior term: " + (
+            f"MMD(q(z), N(0, I)) weighted {t.mmd_weight:g} (InfoVAE), so that the codes of the training images fill "
+            "the prior that samples are drawn from." if t.mmd_weight > 0 else "none (plain β-VAE objective)."),
+        "Weights evaluated and saved: " + (f"exponential moving average, decay {t.ema_decay:g}."
+                                           if t.ema_decay > 0 else "the last step's."),
         "Posterior log-variance clamped to [" + f"{m.logvar_min:g}, 8] so exp() stays finite.",
     ]
 
@@ -64,6 +76,7 @@ def main() -> int:
         if not JUDGE_METRICS.is_file():
             raise FileNotFoundError(f"{JUDGE_METRICS} is missing: run the judge stage (dvc repro)")
         reference = storage.read_json(JUDGE_METRICS)
+        presets = preset_results()
     except (ParamsError, FileNotFoundError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 1
@@ -85,7 +98,8 @@ def main() -> int:
         links[stem] = os.path.relpath(out, REPORT.parent)
     curves = pd.concat([pd.read_csv(BetaPaths(r["tag"]).history).assign(beta=f"{r['beta']:g}") for r in rows])
     storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
-    md = report.render(rows, figures, setup, reference, links)
+    judge_md5 = hashlib.md5(JUDGE_MODEL.read_bytes()).hexdigest()
+    md = report.render(rows, figures, setup, reference, links, presets, judge_md5)
     html = report.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
     storage.write_text(REPORT, md)
     storage.write_text(REPORT_HTML, html)

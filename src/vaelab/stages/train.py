@@ -25,6 +25,12 @@ def resolved_config(params, beta: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     params, beta, paths = layout.beta_stage("train", argv, __doc__)
+    return run(params, beta, paths)
+
+
+def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
+    """Train, save and log one model; `preset` names a params preset (MLflow run `<preset>/beta=B`, alias
+    `<preset>-beta-B`), "" is the default pipeline. Returns the exit status."""
     torch.manual_seed(params.seed)
     device = layout.device()
     config = resolved_config(params, beta)
@@ -38,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ds = data.load(Path(params.data.root) / layout.BATCHES, params.data.subset, params.seed)
     model = VAE(params.model).to(device, memory_format=torch.channels_last)
     n_train = len(ds.train_x)
-    description = (f"β = {beta:g}, {params.train.epochs} epochs on {n_train} CIFAR-10 training images, "
-                   f"z = {params.model.latent_dim}, {params.model.likelihood} decoder")
+    run_name = f"{preset}/beta={beta:g}" if preset else f"beta={beta:g}"
+    description = (f"{preset + ' preset: ' if preset else ''}β = {beta:g}, {params.train.epochs} epochs on "
+                   f"{n_train} CIFAR-10 training images, z = {params.model.latent_dim}, {params.model.likelihood} decoder"
+                   + (f", MMD weight {params.train.mmd_weight:g}" if params.train.mmd_weight > 0 else ""))
     ckpt = storage.load_checkpoint(paths.checkpoint)
     if ckpt is not None and ckpt["config"] != config:
         print(f"train: ignoring {paths.checkpoint}: it was written with other params")
@@ -62,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         storage.write_text(paths.history, pd.DataFrame(rows).to_csv(index=False))
         log_row(row)
 
-    tags = {"dvc_stage": f"train@{paths.tag}", "git_commit": tracking.git_commit(root), "beta": f"{beta:g}"}
+    tags = {"dvc_stage": f"train@{paths.tag}", "git_commit": tracking.git_commit(root), "beta": f"{beta:g}",
+            "preset": preset or "default"}
     print(f"train: β = {beta:g} on {device}, {n_train} images, {count_parameters(model) / 1e6:.2f}M parameters, "
           f"MLflow {uri}")
     try:
-        with tracking.run(uri, params.tracking.experiment, f"beta={beta:g}", run_id=run_id, tags=tags,
+        with tracking.run(uri, params.tracking.experiment, run_name, run_id=run_id, tags=tags,
                           description=description) as active:
             if ckpt is not None and active == run_id:
                 print(f"train: resuming after epoch {ckpt['state']['epoch']} from {paths.checkpoint}; "
@@ -110,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             model_uri = tracking.log_model(Codec(model), (params.model.latent_dim,))
             description += f"; final test {last['test_bpd']:.3f} bits/dim"
             tracking.set_description(description)
-            alias = tracking.model_alias(beta)
+            alias = f"{preset}-" * bool(preset) + tracking.model_alias(beta)
             version = tracking.register_model(model_uri, params.tracking.registered_model, alias, description)
-            storage.write_json(paths.run_file, {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri,
+            storage.write_json(paths.run_file, {"run_id": run_id, "run_name": run_name, "tracking_uri": uri,
+                                                "model_uri": model_uri,
                                                 "experiment": params.tracking.experiment,
                                                 "registered_model": params.tracking.registered_model,
                                                 "version": version, "alias": alias})
