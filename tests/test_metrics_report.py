@@ -226,6 +226,9 @@ def test_baseline_ablation_and_targets_follow_the_numbers():
     assert ablation.index("`baseline`") < ablation.index("`baseline-mmd`: + MMD | 150.00") < ablation.index(
         "**final default**")
     assert "z = 128, gaussian, 0 res. blocks, 6 epochs" in ablation  # no description: the recipe in words
+    recipe = {"model": {**base["model"], "latent_dim": 64}, "train": {**base["train"], "epochs": 24, "betas": [1]}}
+    labelled = report.ablation_table([base, step], default[0], recipe)
+    assert "| **final default**: baseline with model.latent_dim = 64, train.epochs = 24 | 90.00 |" in labelled
     assert "Warning" not in lines
     # FCD 90 <= 100 met; confidence 0.6 vs 0.6 not higher: missed; entropy 3.1 >= 3: met.
     assert "2 of 3 met" in lines and "FCD 90.00 vs ½ × baseline 100.00: met" in lines

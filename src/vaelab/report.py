@@ -129,9 +129,21 @@ def baseline_table(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping
     return table(body, ABLATION_COLUMNS, ("model, samples z ~ N(0, I)", labels))
 
 
-def ablation_table(presets: Sequence[Mapping[str, Any]], final: Mapping[str, Any]) -> str:
+def recipe_changes(recipe: Mapping[str, Mapping[str, Any]], preset: Mapping[str, Any]) -> list[str]:
+    """`section.key = value` for every model / train key where `recipe` differs from a preset's (betas and
+    threads left out: they do not change the model)."""
+    out = []
+    for section in ("model", "train"):
+        for key, value in recipe[section].items():
+            if key not in ("betas", "threads") and preset[section].get(key) != value:
+                out.append(f"{section}.{key} = {value if not isinstance(value, float) else f'{value:g}'}")
+    return out
+
+
+def ablation_table(presets: Sequence[Mapping[str, Any]], final: Mapping[str, Any],
+                   recipe: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """One row per preset that ran at final's beta (params order: baseline, then each change), then the final
-    default; N(0, I) samples of that beta."""
+    default (labelled with what it changes from the baseline, given its `recipe`); N(0, I) samples of that beta."""
     body, labels = [], []
     for p in presets:
         for r in preset_rows(p):
@@ -139,7 +151,10 @@ def ablation_table(presets: Sequence[Mapping[str, Any]], final: Mapping[str, Any
                 body.append(r)
                 labels.append(f"`{p['preset']}`: {p['description'] or _recipe(p)}")
     body.append(final)
-    labels.append("**final default** (params.yaml `model`, `train`)")
+    base = next((p for p in presets if p["preset"] == "baseline"), None)
+    changes = recipe_changes(recipe, base) if recipe is not None and base is not None else []
+    labels.append("**final default**" + (f": baseline with {', '.join(changes)}" if changes else
+                                         " (params.yaml `model`, `train`)"))
     return table(body, ABLATION_COLUMNS, (f"recipe (β = {final['beta']:g})", labels))
 
 
@@ -279,7 +294,8 @@ def summary(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] | No
 
 
 def comparison_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mapping[str, Any]],
-                       judge_md5: str, figures: Mapping[str, str] | None = None) -> list[str]:
+                       judge_md5: str, figures: Mapping[str, str] | None = None,
+                       recipe: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """The report's 'Baseline and ablation' lines: baseline vs default per beta (table and, given the default's
     `figures` folders by tag, prior grids), the targets, the ablation table. `presets` are the results files of
     params.yaml's presets (reports/presets/NAME.json), in params order."""
@@ -311,18 +327,21 @@ def comparison_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mapp
                                         f"![β = {r['beta']:g}, default]({figures[r['tag']]}/prior_samples.png)"
                                         for r in pairs) + " |", ""]
     final = min(rows, key=lambda r: abs(r["beta"] - 1.0))
-    lines += ["**Ablation**: each row adds one change to the row above it; the last is this run's default.", "",
-              ablation_table(presets, final), ""]
+    lines += ["**Ablation**: the baseline, then each preset (its description says what it changes), then this "
+              "run's default with what it changes from the baseline.", "",
+              ablation_table(presets, final, recipe), ""]
     return lines
 
 
 def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any],
            reference: Mapping[str, Any], comparison: Mapping[str, str],
-           presets: Sequence[Mapping[str, Any]] = (), judge_md5: str = "") -> str:
+           presets: Sequence[Mapping[str, Any]] = (), judge_md5: str = "",
+           recipe: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The whole report as markdown. `figures` maps a beta tag to its figures folder relative to the report,
     `comparison` a cross-beta figure stem to its path; `setup` describes the run (epochs, data size, model
     choices); `reference` holds the judge's metrics and the real-image reference row; `presets` the results
-    of the presets that were run (baseline, ablation steps) and `judge_md5` this run's judge."""
+    of the presets that were run (baseline, ablation steps), `judge_md5` this run's judge and `recipe` this run's
+    model and train params (plain dicts)."""
     rows = sorted(rows, key=lambda r: r["beta"])
     r0 = rows[0]
     lines = [
@@ -339,7 +358,7 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "",
         "## Baseline and ablation",
         "",
-        *comparison_section(rows, presets, judge_md5, figures),
+        *comparison_section(rows, presets, judge_md5, figures, recipe),
         "## Likelihood and reconstruction",
         "",
         metric_table(rows),

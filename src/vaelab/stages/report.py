@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from vaelab import plots, report, storage
-from vaelab.params import ParamsError, Params, load_params, load_presets
+from vaelab.params import ParamsError, Params, load_params, load_presets, to_dict
 from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, JUDGE_MODEL, PARAMS_FILE, BetaPaths, preset_results_file
 
 REPORT = Path("reports/report.md")
@@ -99,7 +99,8 @@ def main() -> int:
     curves = pd.concat([pd.read_csv(BetaPaths(r["tag"]).history).assign(beta=f"{r['beta']:g}") for r in rows])
     storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
     judge_md5 = hashlib.md5(JUDGE_MODEL.read_bytes()).hexdigest()
-    md = report.render(rows, figures, setup, reference, links, presets, judge_md5)
+    recipe = {"model": to_dict(params.model), "train": to_dict(params.train)}
+    md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe)
     html = report.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
     storage.write_text(REPORT, md)
     storage.write_text(REPORT_HTML, html)
