@@ -44,11 +44,18 @@ def test_report_html_shows_every_image_and_the_beta_table(reproduced_repo, brows
     for alt, width, height, src in images:
         assert width > 0 and height > 0, f"image {alt!r} did not load"
         assert src == "data:image/png;base64,", f"image {alt!r} is not embedded"
-    # The beta table: the first table's header names beta and bits/dim; one row per beta of the run.
-    header = [th.text for th in browser.find_elements("css selector", "table:first-of-type thead th")]
-    assert header[0] == "β" and any("bits/dim" in h for h in header), header
-    first_cells = [td.text for td in browser.find_elements("css selector", "table:first-of-type tbody tr td:first-child")]
+    # The beta table: the first table headed β names bits/dim and has one row per beta of the run.
+    tables = browser.find_elements("css selector", "table")
+    heads = [[th.text for th in t.find_elements("css selector", "thead th")] for t in tables]
+    beta_table = next(t for t, h in zip(tables, heads) if h and h[0] == "β")
+    header = heads[tables.index(beta_table)]
+    assert any("bits/dim" in h for h in header), header
+    first_cells = [td.text for td in beta_table.find_elements("css selector", "tbody tr td:first-child")]
     assert first_cells == ["1", "5"], first_cells
+    # Before it, the committed baseline preset beside this run's default (section "Baseline and ablation").
+    assert heads[0][0] == "model, samples z ~ N(0, I)", heads[0]
+    rows = [td.text for td in tables[0].find_elements("css selector", "tbody tr td:first-child")]
+    assert "β = 1: baseline" in rows and "β = 1: default" in rows, rows
     assert browser.find_element("tag name", "h1").text.startswith("β-VAE on CIFAR-10")
     _full_page_screenshot(browser, screenshots / "report_html.png")
 
