@@ -20,6 +20,7 @@ from vaelab import metrics, plots, storage, tracking
 from vaelab.params import ParamsError, load_params, load_presets, to_dict
 from vaelab.stages import evaluate, layout, train
 
+
 def save_prior_grid(model_file: Path, params, out: Path) -> None:
     """The figures stage's prior grid for a preset's model: the same seeded codes z ~ N(0, I) as every default
     model decodes, so the report can put the two grids side by side."""
