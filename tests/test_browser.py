@@ -53,7 +53,7 @@ def test_report_html_shows_every_image_and_the_beta_table(reproduced_repo, brows
     first_cells = [td.text for td in beta_table.find_elements("css selector", "tbody tr td:first-child")]
     assert first_cells == ["1", "5"], first_cells
     # Before it, the committed baseline preset beside this run's default (section "Baseline and ablation").
-    assert heads[0][0] == "model, samples z ~ N(0, I)", heads[0]
+    assert heads[0][0] == "model, prior samples (N(0, I) noise)", heads[0]
     rows = [td.text for td in tables[0].find_elements("css selector", "tbody tr td:first-child")]
     assert "β = 1: baseline" in rows and "β = 1: default" in rows, rows
     assert browser.find_element("tag name", "h1").text.startswith("β-VAE on CIFAR-10")

@@ -3,6 +3,7 @@ importance-weighted bound, the judge's sample quality) and the factor transforms
 answer is known."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -214,9 +215,10 @@ def test_sample_quality_keys_and_values():
 # ---------------------------------------------------------------- Importance-weighted bound
 
 
-def test_iw_log_likelihood_shape_and_elbo_on_untrained_model():
+@pytest.mark.parametrize("prior_flows", [0, 2])
+def test_iw_log_likelihood_shape_and_elbo_on_untrained_model(prior_flows):
     torch.manual_seed(0)
-    model = VAE(TINY)
+    model = VAE(dataclasses.replace(TINY, prior_flows=prior_flows, prior_hidden=8))
     x = random_images(16, seed=1)
     iw1 = iw_log_likelihood(model, x, CPU, k=1, batch_size=8, bf16=False)
     iw32 = iw_log_likelihood(model, x, CPU, k=32, batch_size=64, bf16=False)

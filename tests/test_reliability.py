@@ -205,3 +205,21 @@ def test_sigkill_mid_epoch_then_rerun_resumes_bit_identically(train_workspace, t
     assert run["status"] == "FINISHED" and run["tags"]["resumed_from_epoch"] == str(interrupted_at)
     steps = [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_the_judge_is_identified_by_its_weights_not_its_file_bytes(tmp_path):
+    """Saving the same weights twice writes different bytes (torch.save records the temporary file's name), yet
+    weights_md5 is the same; one changed value changes it."""
+    import hashlib
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to(torch.bfloat16)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    storage.save_model(a, model, {"x": 1})
+    storage.save_model(b, model, {"x": 1})
+    assert hashlib.md5(a.read_bytes()).digest() != hashlib.md5(b.read_bytes()).digest()
+    assert storage.weights_md5(a) == storage.weights_md5(b)
+    with torch.no_grad():
+        model[1].bias[0] += 1
+    storage.save_model(b, model, {"x": 1})
+    assert storage.weights_md5(a) != storage.weights_md5(b)

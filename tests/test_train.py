@@ -1,6 +1,8 @@
 """The training loop: a step changes the weights, overfitting one batch lowers the loss, NaN stops it."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,12 +26,16 @@ def smooth_images(n: int) -> torch.Tensor:
     return (base.expand(n, 3, 32, 32) * 170).round().to(torch.uint8)
 
 
-def test_one_step_changes_every_trained_weight():
+@pytest.mark.parametrize("prior_flows", [0, 2])
+def test_training_steps_change_every_trained_weight(prior_flows):
+    """Encoder, decoder, the Gaussian's sigma and (with a flow prior) every coupling learn within two steps (the
+    couplings' zero-initialised last layers pass no gradient to the layers before them on the first step)."""
     torch.manual_seed(0)
-    model = VAE(SMALL)
+    model = VAE(dataclasses.replace(SMALL, likelihood="gaussian", prior_flows=prior_flows, prior_hidden=8))
+    assert any(n.startswith("prior.") for n, _ in model.named_parameters()) == bool(prior_flows)
     before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
     cfg = TrainConfig(epochs=1, batch_size=8, warmup_steps=0, bf16=False)
-    train(model, images(8), images(4, 1), 1.0, cfg, seed=0, device=CPU, progress=False)
+    train(model, images(16), images(4, 1), 1.0, cfg, seed=0, device=CPU, progress=False)
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert not torch.equal(before[name], p), f"{name} did not change"

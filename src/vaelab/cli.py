@@ -26,7 +26,8 @@ class CLIError(ValueError):
 # -- the core: codes and images, no IO ---------------------------------------------------------------------------
 
 def sample_codes(n: int, latent_dim: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
-    """n codes z ~ N(0, temperature^2 I) from a generator seeded with `seed`: (n, latent_dim)."""
+    """n noise vectors ~ N(0, temperature^2 I) from a generator seeded with `seed`: (n, latent_dim). They are the
+    codes themselves for a model with the N(0, I) prior, and the flow's input for a flow prior."""
     if n < 1:
         raise CLIError(f"the number of samples must be >= 1, got {n}")
     if not (math.isfinite(temperature) and temperature >= 0):
@@ -45,7 +46,13 @@ def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, steps: int) -> torch
 @torch.no_grad()
 def decode(codec: Codec, z: torch.Tensor) -> torch.Tensor:
     """Images (B, 3, 32, 32) in [0, 1] of codes z (B, z)."""
-    return codec(z)
+    return codec.decode(z)
+
+
+@torch.no_grad()
+def generate(codec: Codec, noise: torch.Tensor) -> torch.Tensor:
+    """Prior samples (B, 3, 32, 32) in [0, 1] of noise (B, z) ~ N(0, I) (mapped through the prior's flow, if any)."""
+    return codec(noise)
 
 
 @torch.no_grad()
@@ -151,15 +158,18 @@ def run(args: argparse.Namespace) -> str:
     codec = load_codec(args.model or str(beta_model_path(args.beta)), args.tracking_uri)
     if args.command == "sample":
         z = sample_codes(args.n, codec.latent_dim, args.seed, args.temperature)
-        write_png(decode(codec, z), args.nrow or math.ceil(math.sqrt(args.n)), args.out, args.upscale)
+        write_png(generate(codec, z), args.nrow or math.ceil(math.sqrt(args.n)), args.out, args.upscale)
         return f"{args.n} samples (τ = {args.temperature:g}, seed {args.seed})"
     if args.command == "interpolate":
         if args.seeds:
+            # A line between two noise draws, each step a prior sample.
             z_a, z_b = (sample_codes(1, codec.latent_dim, s)[0] for s in args.seeds)
+            line = generate(codec, interpolate_codes(z_a, z_b, args.steps))
         else:
             images = read_images(args.images) if args.images else cifar_test_images(args.data, args.test_indices)
             z_a, z_b = encode(codec, images)
-        write_png(decode(codec, interpolate_codes(z_a, z_b, args.steps)), args.steps, args.out, args.upscale)
+            line = decode(codec, interpolate_codes(z_a, z_b, args.steps))
+        write_png(line, args.steps, args.out, args.upscale)
         return f"{args.steps} interpolation steps"
     images = read_images(args.images)
     # Originals on the top row, their reconstructions below.
@@ -188,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
                                                "sqlite:///<cwd>/mlflow.db)")
     common.add_argument("--upscale", type=positive, default=4, help="nearest-neighbour zoom of the PNG (default 4)")
 
-    s = sub.add_parser("sample", parents=[common], help="decode random codes z ~ N(0, τ² I) into a grid")
+    s = sub.add_parser("sample", parents=[common], help="decode prior samples (noise ~ N(0, τ² I), through the model's prior flow "
+                       "if it has one) into a grid")
     s.add_argument("--n", type=positive, default=16, help="number of samples (default 16)")
     s.add_argument("--seed", type=int, default=0, help="seed of the codes (default 0)")
     s.add_argument("--temperature", type=float, default=1.0, help="τ, the standard deviation of z (default 1)")

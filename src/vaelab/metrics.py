@@ -8,7 +8,7 @@ import math
 import torch
 
 from vaelab.data import batch_indices, to_uint8, to_unit
-from vaelab.loss import bits_per_dim, kl_normal, log_normal, recon_nll
+from vaelab.loss import bits_per_dim, kl_divergence, kl_normal, log_normal, recon_nll
 from vaelab.model import VAE, mean_image
 from vaelab.train import autocast
 
@@ -46,6 +46,13 @@ def decode_uint8(model: VAE, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def sample_uint8(model: VAE, noise: torch.Tensor) -> torch.Tensor:
+    """Prior samples as uint8 (N, 3, 32, 32) from noise ~ N(0, I) (N, z), mapped to codes by the model's prior."""
+    model.eval()
+    return decode_uint8(model, model.codes(noise.to(next(model.parameters()).device)))
+
+
+@torch.no_grad()
 def evaluate(
     model: VAE,
     x: torch.Tensor,
@@ -71,9 +78,10 @@ def evaluate(
         xb = to_unit(x[idx].to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             out = model(xb)
-        kl = kl_normal(out["mu"], out["logvar"])  # (B, z)
-        rate += float(kl.sum())
-        kl_dims += kl.double().sum(0).cpu()
+        rate += float(kl_divergence(out).sum())
+        # Per dimension against N(0, 1): the rate itself when the prior is N(0, I). A flow prior's KL does not
+        # split by dimension, so there this only says how much each dimension is used, not what it costs.
+        kl_dims += kl_normal(out["mu"], out["logvar"]).double().sum(0).cpu()
         distortion += float(recon_nll(xb, out["params"], model.cfg.likelihood, model.log_sigma).sum())
         # MSE of the reconstruction from the posterior mean, on the [0, 1] scale.
         with autocast(device, bf16):
@@ -116,8 +124,7 @@ def iw_log_likelihood(model: VAE, x: torch.Tensor, device: torch.device, k: int 
             params = model.decoder(z.reshape(k * b, -1))  # (k*b, C, 32, 32)
         x_rep = xb.repeat(k, 1, 1, 1)  # (k*b, 3, 32, 32), same order as z.reshape
         log_px_z = -recon_nll(x_rep, params.float(), model.cfg.likelihood, model.log_sigma).view(k, b)
-        zero = torch.zeros(())
-        log_pz = log_normal(z, zero, zero).sum(-1)  # (k, b)
+        log_pz = model.log_prior(z.reshape(k * b, -1)).view(k, b)
         log_qz = log_normal(z, mu, logvar).sum(-1)
         out.append((torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)).cpu())
     return torch.cat(out)

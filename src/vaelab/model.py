@@ -1,10 +1,12 @@
-"""The convolutional VAE: encoder -> (mu, log sigma^2), reparameterisation, decoder -> likelihood parameters."""
+"""The convolutional VAE: encoder -> (mu, log sigma^2), reparameterisation, decoder -> likelihood parameters, and its
+prior p(z): N(0, I) itself or N(0, I) pushed through a learned normalizing flow."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vaelab.loss import log_normal
 from vaelab.params import ModelConfig
 
 
@@ -83,8 +85,63 @@ class Decoder(nn.Module):
             return self.out(h.float())
 
 
+class Coupling(nn.Module):
+    """RealNVP affine coupling (Dinh et al. 2017): the second half of the vector is scaled and shifted by an MLP of
+    the first half, then the order is reversed so that the next coupling transforms the other half."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.half = dim // 2
+        self.net = nn.Sequential(nn.Linear(self.half, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2 * (dim - self.half)))
+        nn.init.zeros_(self.net[-1].weight)  # starts as the identity: the prior starts as N(0, I)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _scale_shift(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, shift = self.net(a).chunk(2, dim=1)
+        return 2.0 * torch.tanh(raw / 2.0), shift  # log-scale soft-clamped to (-2, 2): no exploding steps
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """Noise side -> code side, (B, z) -> (B, z)."""
+        a, b = e[:, : self.half], e[:, self.half :]
+        log_s, t = self._scale_shift(a)
+        return torch.cat([a, b * log_s.exp() + t], dim=1).flip(1)
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code side -> noise side, and log |det d(noise)/d(code)| per row: (B, z), (B,)."""
+        z = z.flip(1)
+        a, b = z[:, : self.half], z[:, self.half :]
+        log_s, t = self._scale_shift(a)
+        return torch.cat([a, (b - t) * (-log_s).exp()], dim=1), -log_s.sum(1)
+
+
+class FlowPrior(nn.Module):
+    """p(z) = f#N(0, I): noise e ~ N(0, I) mapped by a stack of affine couplings f to codes z = f(e). Trained
+    jointly through the KL term, it moves its mass onto the codes the encoder uses, so that decoded N(0, I) noise
+    lands where the decoder has learned to draw (VLAE, Chen et al. 2017, used an autoregressive flow prior)."""
+
+    def __init__(self, dim: int, n_couplings: int, hidden: int):
+        super().__init__()
+        self.couplings = nn.ModuleList([Coupling(dim, hidden) for _ in range(n_couplings)])
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        """Codes z = f(noise), (B, z)."""
+        for c in self.couplings:
+            noise = c(noise)
+        return noise
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise f^-1(z) (B, z) of codes z (B, z), and log p(z) in nats (B,): the N(0, I) density of the noise
+        plus the log-determinant of f^-1."""
+        log_det = torch.zeros(len(z), device=z.device)
+        for c in reversed(self.couplings):
+            z, d = c.inverse(z)
+            log_det = log_det + d
+        return z, log_normal(z, torch.zeros(()), torch.zeros(())).sum(1) + log_det
+
+
 class VAE(nn.Module):
-    """Encoder, reparameterisation z = mu + sigma * eps, decoder; likelihood parameters are read by `loss`."""
+    """Encoder, reparameterisation z = mu + sigma * eps, decoder, prior; likelihood parameters are read by `loss`."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -93,12 +150,38 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg)
         # Global log-sigma of the Gaussian decoder (sigma-VAE style, learned); unused by the logistic one.
         self.log_sigma = nn.Parameter(torch.full((1,), -2.0), requires_grad=cfg.likelihood == "gaussian")
+        # None: the prior is N(0, I) and the KL has its closed form.
+        self.prior = FlowPrior(cfg.latent_dim, cfg.prior_flows, cfg.prior_hidden) if cfg.prior_flows else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (B, 3, 32, 32) in [-1, 1] -> mu, logvar, z (B, z) and decoder params (B, C, 32, 32)."""
+        """x: (B, 3, 32, 32) in [-1, 1] -> mu, logvar, z (B, z), decoder params (B, C, 32, 32) and, with a flow
+        prior, noise = f^-1(z) (B, z) and log_pz = log p(z) (B,) in nats."""
         mu, logvar = self.encoder(x)
         z = reparameterize(mu, logvar)
-        return {"mu": mu, "logvar": logvar, "z": z, "params": self.decoder(z)}
+        out = {"mu": mu, "logvar": logvar, "z": z, "params": self.decoder(z)}
+        if self.prior is not None:
+            out["noise"], out["log_pz"] = self.to_noise(z)
+        return out
+
+    def to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior's noise side of codes z (B, z): f^-1(z) (B, z) (z itself for N(0, I)), and log p(z) (B,) in nats."""
+        if self.prior is None:
+            z = z.float()
+            return z, log_normal(z, torch.zeros(()), torch.zeros(())).sum(1)
+        # The flow runs in fp32: its log-determinants sum over 128 dimensions and many couplings.
+        with torch.autocast(z.device.type, enabled=False):
+            return self.prior.inverse(z.float())
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) in nats for codes z (B, z): (B,)."""
+        return self.to_noise(z)[1]
+
+    def codes(self, noise: torch.Tensor) -> torch.Tensor:
+        """Codes z (B, z) of prior samples from noise ~ N(0, I) (B, z): the noise itself, or pushed through the flow."""
+        if self.prior is None:
+            return noise
+        with torch.autocast(noise.device.type, enabled=False):
+            return self.prior(noise.float())
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean image in [-1, 1], (B, 3, 32, 32), for codes z (B, z)."""
@@ -117,8 +200,8 @@ def mean_image(params: torch.Tensor) -> torch.Tensor:
 
 class Codec(nn.Module):
     """What is exported to MLflow and driven by the CLI: a trained VAE on the [0, 1] pixel scale.
-    forward decodes codes (B, z) float32 -> images (B, 3, 32, 32) in [0, 1]; encode maps images in [0, 1]
-    to posterior means (B, z)."""
+    forward draws samples: noise (B, z) ~ N(0, I), float32 -> images (B, 3, 32, 32) in [0, 1] (through the prior's
+    flow when there is one); decode maps codes z (B, z) to images and encode maps images to posterior means."""
 
     def __init__(self, vae: VAE):
         super().__init__()
@@ -128,7 +211,11 @@ class Codec(nn.Module):
     def latent_dim(self) -> int:
         return self.vae.cfg.latent_dim
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.vae.codes(noise.float()))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, 32, 32) in [0, 1] of codes z (B, z)."""
         return (self.vae.decode(z.float()) + 1.0) / 2.0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

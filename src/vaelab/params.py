@@ -44,6 +44,8 @@ class ModelConfig:
     res_blocks: int = 1  # residual blocks per resolution, encoder and decoder
     likelihood: str = "logistic"  # "logistic" (per-pixel discretized logistic) or "gaussian" (global sigma)
     logvar_min: float = -12.0  # clamp of the posterior log-variance, keeps exp() finite
+    prior_flows: int = 0  # affine couplings of the learned prior p(z) = f#N(0, I); 0 = p(z) is N(0, I)
+    prior_hidden: int = 256  # hidden width of each coupling's MLP
 
     def __post_init__(self) -> None:
         _check(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
@@ -51,6 +53,10 @@ class ModelConfig:
         _check(all(w >= 1 for w in self.widths), "model.widths", "every width must be >= 1")
         _check(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
         _check(self.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {LIKELIHOODS}")
+        _check(self.prior_flows >= 0, "model.prior_flows", f"must be >= 0, got {self.prior_flows}")
+        _check(self.prior_hidden >= 1, "model.prior_hidden", f"must be >= 1, got {self.prior_hidden}")
+        _check(self.prior_flows == 0 or self.latent_dim >= 2, "model.prior_flows",
+               "a flow prior needs model.latent_dim >= 2 (each coupling splits z in two)")
 
 
 LIKELIHOODS = ("logistic", "gaussian")

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from vaelab import data, density  # noqa: E402
-from vaelab.metrics import decode_uint8, encode  # noqa: E402
+from vaelab.metrics import decode_uint8, encode, sample_uint8  # noqa: E402
 from vaelab.model import VAE  # noqa: E402
 from vaelab.params import FiguresConfig, SamplingConfig  # noqa: E402
 
@@ -144,7 +144,7 @@ def kl_bars(kl_by_beta: Sequence[tuple[float, Sequence[float]]]) -> plt.Figure:
         ax.set_title(f"β = {beta:g}: {sum(kl):.1f} nats in {len(kl)} dims", fontsize=9)
         ax.set_xlabel("latent dimension (sorted)")
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("KL per dimension (nats)")
+    axes[0][0].set_ylabel("KL(q(z_j|x) || N(0, 1)) per dimension (nats)")
     return fig
 
 
@@ -157,19 +157,22 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     zdim = model.cfg.latent_dim
     n = cfg.grid_size**2
     figs = {"training_curves": training_curves(history, f"β = {beta:g}: training curves")}
+    # With a flow prior the noise e ~ N(0, I) is mapped to codes z = f(e) before decoding.
+    noise = "z ~ N(0, I)" if model.prior is None else "z = f(e), e ~ N(0, I)"
     z = torch.randn(n, zdim, generator=g)
-    figs["prior_samples"] = image_grid(decode_uint8(model, z), cfg.grid_size,
-                                             f"β = {beta:g}: {n} samples, z ~ N(0, I)")
+    figs["prior_samples"] = image_grid(sample_uint8(model, z), cfg.grid_size, f"β = {beta:g}: {n} samples, {noise}")
     # The same noise at temperature tau, and draws from the mixture on the training codes, below N(0, I).
     tau = sampling.temperature
     figs["samplers"] = image_table(
-        [decode_uint8(model, z), decode_uint8(model, tau * z), decode_uint8(model, density.sample(gmm, n, g))],
+        [sample_uint8(model, z), sample_uint8(model, tau * z), decode_uint8(model, density.sample(gmm, n, g))],
         f"β = {beta:g}: {n} samples from each sampler",
-        row_labels=["z ~ N(0, I)", f"z ~ N(0, {tau:g}² I)", f"mixture ({gmm.components})\non training μ"])
+        row_labels=[*(f"z ~ N(0, {v})" if model.prior is None else f"z = f(e)\ne ~ N(0, {v})"
+                      for v in ("I", f"{tau:g}² I")), f"mixture ({gmm.components})\non training μ"])
     z1, z2 = torch.randn(2, zdim, generator=g)
     figs["interpolation_prior"] = image_table(
-        [decode_uint8(model, lerp(z1, z2, cfg.interp_steps))],
-        f"β = {beta:g}: linear interpolation between z1, z2 ~ N(0, I)",
+        [sample_uint8(model, lerp(z1, z2, cfg.interp_steps))],
+        f"β = {beta:g}: linear interpolation between z1, z2 ~ N(0, I)" if model.prior is None else
+        f"β = {beta:g}: linear interpolation between e1, e2 ~ N(0, I), decoded through the prior flow z = f(e)",
         col_labels=[f"{t:.2f}" for t in torch.linspace(0, 1, cfg.interp_steps).tolist()])
     # Two test images of different classes, chosen by the seed.
     order = torch.randperm(len(ds.test_x), generator=g)

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import re
 from typing import Any, Callable, Mapping, Sequence
 
 import markdown
 
+from vaelab.params import ModelConfig, TrainConfig
+
 FIGURES = (
     ("training_curves", "Training curves"),
-    ("prior_samples", "Samples decoded from z ~ N(0, I)"),
+    ("prior_samples", "Samples from the prior: N(0, I) noise, decoded (through the prior flow, if any)"),
     ("samplers", "Samples from each sampler: N(0, I), reduced temperature, mixture on the training codes"),
-    ("interpolation_prior", "Interpolation between two random points z1, z2 ~ N(0, I)"),
+    ("interpolation_prior", "Interpolation between two random points of N(0, I) noise"),
     ("interpolation_test", "Interpolation between the codes of two test images of different classes"),
     ("reconstructions", "Reconstructions"),
     ("traversals", "Latent traversals of the highest-KL dimensions"),
@@ -77,10 +80,10 @@ def quality_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any
     labels = ["real train images (reference)"]
     for r in rows:
         body.append({k: r[k] for k, _, _ in QUALITY_COLUMNS})
-        labels.append(f"β = {r['beta']:g}: samples z ~ N(0, I)")
+        labels.append(f"β = {r['beta']:g}: prior samples (N(0, I) noise)")
     for r in rows:
         body.append({k: r[f"tau_{k}"] for k, _, _ in QUALITY_COLUMNS})
-        labels.append(f"β = {r['beta']:g}: samples z ~ N(0, {r['temperature']:g}² I)")
+        labels.append(f"β = {r['beta']:g}: prior samples (N(0, {r['temperature']:g}² I) noise)")
     for r in rows:
         body.append({k: r[f"gmm_{k}"] for k, _, _ in QUALITY_COLUMNS})
         labels.append(f"β = {r['beta']:g}: samples from a {r['gmm_components']}-component mixture on training μ")
@@ -114,7 +117,8 @@ def preset_rows(preset: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _recipe(preset: Mapping[str, Any]) -> str:
     m, t = preset["model"], preset["train"]
-    return (f"z = {m['latent_dim']}, {m['likelihood']}, {m['res_blocks']} res. blocks, {t['epochs']} epochs, "
+    prior = f"flow prior ({m['prior_flows']} couplings)" if m.get("prior_flows") else "N(0, I) prior"
+    return (f"z = {m['latent_dim']}, {prior}, {m['likelihood']}, {m['res_blocks']} res. blocks, {t['epochs']} epochs, "
             f"MMD weight {t['mmd_weight']:g}, EMA {t['ema_decay']:g}, KL warm-up {t['kl_warmup_epochs']:g} ep.")
 
 
@@ -126,16 +130,18 @@ def baseline_table(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping
         if r["beta"] in base:
             body += [base[r["beta"]], r]
             labels += [f"β = {r['beta']:g}: baseline", f"β = {r['beta']:g}: default"]
-    return table(body, ABLATION_COLUMNS, ("model, samples z ~ N(0, I)", labels))
+    return table(body, ABLATION_COLUMNS, ("model, prior samples (N(0, I) noise)", labels))
 
 
 def recipe_changes(recipe: Mapping[str, Mapping[str, Any]], preset: Mapping[str, Any]) -> list[str]:
     """`section.key = value` for every model / train key where `recipe` differs from a preset's (betas and
-    threads left out: they do not change the model)."""
+    threads left out: they do not change the model). A key missing from a preset's file (written before the key
+    existed) counts as the code default, which is what that run used."""
     out = []
-    for section in ("model", "train"):
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for key, value in recipe[section].items():
-            if key not in ("betas", "threads") and preset[section].get(key) != value:
+            if key not in ("betas", "threads") and preset[section].get(key, defaults.get(key)) != value:
                 out.append(f"{section}.{key} = {value if not isinstance(value, float) else f'{value:g}'}")
     return out
 
@@ -319,7 +325,7 @@ def comparison_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mapp
         grids = {b["beta"]: b["prior_samples"] for b in base["betas"] if b.get("prior_samples")}
         pairs = [r for r in sorted(rows, key=lambda r: r["beta"]) if r["beta"] in grids and figures]
         if pairs:
-            lines += ["The same 16 codes z ~ N(0, I) decoded by each model:", "",
+            lines += ["The same 16 draws of N(0, I) noise decoded by each model:", "",
                       "| " + " | ".join(f"β = {r['beta']:g}: {who}" for r in pairs
                                         for who in ("baseline", "default")) + " |",
                       "|" + "|".join(":---:" for _ in range(2 * len(pairs))) + "|",
@@ -375,7 +381,8 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "",
         f"Each β contributes {r0['n_samples']} samples from each sampler and the reconstructions (decoded μ) of "
         f"{min(r0['n_samples'], r0['n_test_images'])} test images; the reference is {reference['n_real']} real "
-        f"training images. The samplers: z ~ N(0, I), the prior the model was trained with; the same noise at "
+        f"training images. The samplers: N(0, I) noise through the prior the model was trained with (z = f(e) for a flow "
+        f"prior, z = e otherwise); the same noise at "
         f"temperature τ = {r0['temperature']:g}, which trades diversity for typicality; and an ex-post density, a "
         f"{r0['gmm_components']}-component full-covariance Gaussian mixture fitted by EM to the posterior means of "
         "the training images (Ghosh et al. 2020), which puts samples where the codes of real images are rather "
@@ -418,7 +425,7 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "",
         "## Same z, every β",
         "",
-        "Each grid decodes the same 16 codes z ~ N(0, I) (drawn from the seed), one model per column.",
+        "Each grid decodes the same 16 draws of N(0, I) noise (from the seed), one model per column.",
         "",
         "| " + " | ".join(f"β = {r['beta']:g}" for r in rows) + " |",
         "|" + "|".join(":---:" for _ in rows) + "|",

@@ -1,6 +1,7 @@
 """Atomic file writes and model checkpoints: every output appears whole or not at all."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -66,6 +67,19 @@ def load_state(path: str | Path, device: torch.device | str = "cpu") -> tuple[di
         raise FileNotFoundError(f"model file not found: {path} (run its stage: dvc repro)")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     return ckpt["state_dict"], ckpt["config"]
+
+
+def weights_md5(path: str | Path) -> str:
+    """md5 of the weights in a file saved by `save_model` (names, dtypes, shapes and values, in name order): the
+    model's identity. The file's own md5 is not one: torch.save records the name of the temporary file that an
+    atomic write goes through, so saving the same weights twice gives different bytes."""
+    state, _ = load_state(path)
+    h = hashlib.md5()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.flatten().view(torch.uint8).numpy().tobytes())  # raw bytes, bf16 included
+    return h.hexdigest()
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict[str, Any]]:

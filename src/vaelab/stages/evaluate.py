@@ -69,12 +69,13 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     # Sample quality, judged against the judge's features of the test images.
     test_feats, _ = judge.predict(judge_net, ds.test_x, device, bf16=judge_cfg.bf16)
 
-    def judged(z: torch.Tensor) -> dict[str, float]:
-        images = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
+    def judged(z: torch.Tensor, decode=metrics.sample_uint8) -> dict[str, float]:
+        images = torch.cat([decode(model, zb) for zb in z.split(ev.batch_size)])
         feats, probs = judge.predict(judge_net, images, device, bf16=judge_cfg.bf16)
         return metrics.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, seed)
 
     g = torch.Generator().manual_seed(seed)
+    # N(0, I) noise, decoded through the model's prior (the identity for p(z) = N(0, I)).
     z = torch.randn(ev.n_samples, model.cfg.latent_dim, generator=g)
     m.update(judged(z))
     m["n_samples"] = ev.n_samples
@@ -84,7 +85,7 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     m.update({f"tau_{k}": v for k, v in judged(sp.temperature * z).items()})
     m["temperature"] = sp.temperature
     gmm = density.fit_gmm(train_mu, sp.gmm_components, sp.gmm_iterations, seed)
-    m.update({f"gmm_{k}": v for k, v in judged(density.sample(gmm, ev.n_samples, g)).items()})
+    m.update({f"gmm_{k}": v for k, v in judged(density.sample(gmm, ev.n_samples, g), metrics.decode_uint8).items()})
     m["gmm_components"] = sp.gmm_components
     m["gmm_test_log_prob"] = float(density.log_prob(gmm, mu).mean())  # nats per test code
     timed(f"samples at τ = {sp.temperature:g} and from a {sp.gmm_components}-component mixture on μ judged")

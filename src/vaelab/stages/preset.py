@@ -10,7 +10,6 @@ column and ablation table. Needs the default pipeline's `download` and `judge` o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ def save_prior_grid(model_file: Path, params, out: Path) -> None:
     n = params.figures.grid_size**2
     z = torch.randn(n, model.cfg.latent_dim, generator=torch.Generator().manual_seed(params.seed))
     with torch.no_grad():
-        fig = plots.image_grid(metrics.decode_uint8(model, z), params.figures.grid_size, "")
+        fig = plots.image_grid(metrics.sample_uint8(model, z), params.figures.grid_size, "")
     with storage.atomic_path(out) as tmp:
         plots.save(fig, tmp)
 
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": to_dict(params.train),
         "git_commit": tracking.git_commit(layout.repo_root()),
         # The evaluation it was measured with: the report flags a preset judged by another judge.
-        "judge_md5": hashlib.md5(layout.JUDGE_MODEL.read_bytes()).hexdigest(),
+        "judge_md5": storage.weights_md5(layout.JUDGE_MODEL),
         "betas": rows,
     }
     storage.write_json(layout.preset_results_file(args.name), out)

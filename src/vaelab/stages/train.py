@@ -47,6 +47,7 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     run_name = f"{preset}/beta={beta:g}" if preset else f"beta={beta:g}"
     description = (f"{preset + ' preset: ' if preset else ''}β = {beta:g}, {params.train.epochs} epochs on "
                    f"{n_train} CIFAR-10 training images, z = {params.model.latent_dim}, {params.model.likelihood} decoder"
+                   + (f", flow prior ({params.model.prior_flows} couplings)" if params.model.prior_flows else "")
                    + (f", MMD weight {params.train.mmd_weight:g}" if params.train.mmd_weight > 0 else ""))
     ckpt = storage.load_checkpoint(paths.checkpoint)
     if ckpt is not None and ckpt["config"] != config:
