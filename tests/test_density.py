@@ -1,6 +1,7 @@
 """The ex-post density: EM recovers a known mixture, log_prob is the mixture's density, sampling follows it."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -60,3 +61,17 @@ def test_samples_follow_the_mixture_and_are_seeded():
 def test_more_components_than_points_is_refused():
     with pytest.raises(ValueError, match="3 components needs at least that many points, got 2"):
         density.fit_gmm(torch.zeros(2, 4), 3)
+
+
+def test_a_saved_mixture_loads_as_the_same_density_with_its_settings(tmp_path):
+    from vaelab import storage
+
+    gmm = density.fit_gmm(two_blobs(), 2, iterations=20)
+    storage.save_state(tmp_path / "m.pt", dataclasses.asdict(gmm), {"components": 2, "iterations": 20, "seed": 0})
+    state, settings = storage.load_state(tmp_path / "m.pt")
+    loaded = density.GaussianMixture(**state)
+    assert settings == {"components": 2, "iterations": 20, "seed": 0}
+    x = two_blobs(100, seed=3)
+    assert torch.equal(density.log_prob(loaded, x), density.log_prob(gmm, x))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(density.sample(loaded, 50, g1), density.sample(gmm, 50, g2))

@@ -153,6 +153,28 @@ def test_dvc_repro_end_to_end(small_repo):
 
 
 @pytest.mark.slow
+def test_figures_draw_from_the_mixture_evaluate_fitted_and_refuse_a_stale_one(small_repo):
+    """The mixture is fitted once, by evaluate; figures refuses one fitted with other settings than params.yaml's."""
+    from vaelab import storage
+
+    repo = small_repo
+    env = _env(repo)
+    _reproduced(repo, env)
+    path = repo / "models" / "mixture" / "beta_1.pt"
+    state, settings = storage.load_state(path)
+    assert settings["components"] == len(state["weights"]) == 10
+    assert settings["model_md5"] == storage.weights_md5(repo / "models" / "beta_1" / "model.pt")
+    original = path.read_bytes()
+    try:
+        storage.save_state(path, state, {**settings, "components": 3})
+        r = subprocess.run([sys.executable, "-m", "vaelab.stages.figures", "--beta", "1"], cwd=repo, env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "dvc repro evaluate@1" in r.stderr and "'components': 3" in r.stderr, r.stderr
+    finally:
+        path.write_bytes(original)
+
+
+@pytest.mark.slow
 def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
     from vaelab import storage, tracking
 

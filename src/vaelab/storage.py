@@ -55,7 +55,12 @@ def read_json(path: str | Path) -> Any:
 
 def save_model(path: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
     """Save weights with the resolved config (plain types only, so loading needs no unpickling of objects)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_state(path, model.state_dict(), config)
+
+
+def save_state(path: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Save named tensors with a config of plain types, atomically; `load_state` reads them back."""
+    state = {k: v.detach().cpu() for k, v in state.items()}
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "config": config}, tmp)
 

@@ -2,6 +2,7 @@
 quality by the judge), as DVC metrics and in its MLflow run."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
 
     metrics_out = {"beta": beta, **m}
     storage.write_json(paths.eval_metrics, metrics_out)
+    # With what it was fitted, and to which model's codes: figures@<beta> refuses a mixture that is not this one.
+    storage.save_state(paths.mixture, dataclasses.asdict(gmm),
+                       {**layout.mixture_settings(params), "model_md5": storage.weights_md5(paths.model)})
     kl = pd.DataFrame({"dim": range(len(kl_dims)), "kl_nats": kl_dims})
     storage.write_text(paths.kl_per_dim, kl.to_csv(index=False))
     table = pd.DataFrame({"dim": range(len(kl_dims)), **{k: v.tolist() for k, v in response.items()}})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vaelab import data, density, metrics, plots, storage, tracking
+from vaelab import data, density, plots, storage, tracking
 from vaelab.stages import layout
 
 
@@ -19,9 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     history = pd.read_csv(paths.history)
     kl_dims = pd.read_csv(paths.kl_per_dim)["kl_nats"].tolist()
     response = pd.read_csv(paths.factor_response)
-    train_mu, _ = metrics.encode(model, ds.train_x, device, bf16=config["train"]["bf16"])
-    # Fitted as evaluate@<beta> fits it (same codes, components and seed), so the grid shows the judged sampler.
-    gmm = density.fit_gmm(train_mu, params.sampling.gmm_components, params.sampling.gmm_iterations, params.seed)
+    # The mixture evaluate@<beta> fitted and judged, so the grid shows the judged sampler (and it is fitted once).
+    state, settings = storage.load_state(paths.mixture)
+    gmm = density.GaussianMixture(**state)
+    expected = {**layout.mixture_settings(params), "model_md5": storage.weights_md5(paths.model)}
+    if settings != expected:
+        print(f"figures: {paths.mixture} was fitted with {settings}, not with params.yaml's settings to "
+              f"{paths.model}: {expected}; run `dvc repro evaluate@{paths.tag}` first", file=sys.stderr)
+        return 2
     figs = plots.make_figures(model, ds, history, kl_dims, response, beta, params.figures, params.sampling, gmm,
                               params.seed, device)
     paths.figures.mkdir(parents=True, exist_ok=True)

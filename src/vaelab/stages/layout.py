@@ -48,6 +48,11 @@ class BetaPaths:
         return self.model_dir / "model.pt"
 
     @property
+    def mixture(self) -> Path:
+        # The ex-post sampler evaluate@<beta> fits to the training codes; figures@<beta> draws from the same one.
+        return self.root / "models" / "mixture" / f"beta_{self.tag}.pt"
+
+    @property
     def run_file(self) -> Path:
         return self.model_dir / "mlflow_run.json"
 
@@ -83,6 +88,13 @@ class BetaPaths:
     @property
     def figures(self) -> Path:
         return self.root / "reports" / "figures" / f"beta_{self.tag}"
+
+
+def mixture_settings(params: Params) -> dict[str, int]:
+    """What evaluate@<beta> fits the ex-post mixture with: saved beside it, checked by figures@<beta>, which draws
+    from it."""
+    return {"components": params.sampling.gmm_components, "iterations": params.sampling.gmm_iterations,
+            "seed": params.seed}
 
 
 def repo_root() -> Path:
