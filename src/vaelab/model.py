@@ -131,13 +131,13 @@ class FlowPrior(nn.Module):
         return noise
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise f^-1(z) (B, z) of codes z (B, z), and log p(z) in nats (B,): the N(0, I) density of the noise
-        plus the log-determinant of f^-1."""
+        """Noise f^-1(z) (B, z) of codes z (B, z), and log |det d f^-1(z) / dz| (B,), the change of variables term
+        of log p(z)."""
         log_det = torch.zeros(len(z), device=z.device)
         for c in reversed(self.couplings):
             z, d = c.inverse(z)
             log_det = log_det + d
-        return z, log_normal(z, torch.zeros(()), torch.zeros(())).sum(1) + log_det
+        return z, log_det
 
 
 class VAE(nn.Module):
@@ -165,12 +165,12 @@ class VAE(nn.Module):
 
     def to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior's noise side of codes z (B, z): f^-1(z) (B, z) (z itself for N(0, I)), and log p(z) (B,) in nats."""
-        if self.prior is None:
-            z = z.float()
-            return z, log_normal(z, torch.zeros(()), torch.zeros(())).sum(1)
-        # The flow runs in fp32: its log-determinants sum over 128 dimensions and many couplings.
-        with torch.autocast(z.device.type, enabled=False):
-            return self.prior.inverse(z.float())
+        noise, log_det = z.float(), torch.zeros(len(z), device=z.device)
+        if self.prior is not None:
+            # The flow runs in fp32: its log-determinants sum over 128 dimensions and many couplings.
+            with torch.autocast(z.device.type, enabled=False):
+                noise, log_det = self.prior.inverse(noise)
+        return noise, log_normal(noise, torch.zeros(()), torch.zeros(())).sum(1) + log_det
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) in nats for codes z (B, z): (B,)."""

@@ -158,7 +158,8 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     n = cfg.grid_size**2
     figs = {"training_curves": training_curves(history, f"β = {beta:g}: training curves")}
     # With a flow prior the noise e ~ N(0, I) is mapped to codes z = f(e) before decoding.
-    noise = "z ~ N(0, I)" if model.prior is None else "z = f(e), e ~ N(0, I)"
+    flow = model.prior is not None
+    noise = "z = f(e), e ~ N(0, I)" if flow else "z ~ N(0, I)"
     z = torch.randn(n, zdim, generator=g)
     figs["prior_samples"] = image_grid(sample_uint8(model, z), cfg.grid_size, f"β = {beta:g}: {n} samples, {noise}")
     # The same noise at temperature tau, and draws from the mixture on the training codes, below N(0, I).
@@ -166,13 +167,13 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     figs["samplers"] = image_table(
         [sample_uint8(model, z), sample_uint8(model, tau * z), decode_uint8(model, density.sample(gmm, n, g))],
         f"β = {beta:g}: {n} samples from each sampler",
-        row_labels=[*(f"z ~ N(0, {v})" if model.prior is None else f"z = f(e)\ne ~ N(0, {v})"
+        row_labels=[*(f"z = f(e)\ne ~ N(0, {v})" if flow else f"z ~ N(0, {v})"
                       for v in ("I", f"{tau:g}² I")), f"mixture ({gmm.components})\non training μ"])
     z1, z2 = torch.randn(2, zdim, generator=g)
     figs["interpolation_prior"] = image_table(
         [sample_uint8(model, lerp(z1, z2, cfg.interp_steps))],
-        f"β = {beta:g}: linear interpolation between z1, z2 ~ N(0, I)" if model.prior is None else
-        f"β = {beta:g}: linear interpolation between e1, e2 ~ N(0, I), decoded through the prior flow z = f(e)",
+        f"β = {beta:g}: linear interpolation between e1, e2 ~ N(0, I), decoded through the prior flow z = f(e)" if flow
+        else f"β = {beta:g}: linear interpolation between z1, z2 ~ N(0, I)",
         col_labels=[f"{t:.2f}" for t in torch.linspace(0, 1, cfg.interp_steps).tolist()])
     # Two test images of different classes, chosen by the seed.
     order = torch.randperm(len(ds.test_x), generator=g)
