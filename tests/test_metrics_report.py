@@ -244,6 +244,16 @@ def test_baseline_ablation_and_targets_follow_the_numbers():
     # FCD 90 <= 100 met; confidence 0.6 vs 0.6 not higher: missed; entropy 3.1 >= 3: met.
     assert "2 of 3 met" in lines and "FCD 90.00 vs ½ × baseline 100.00: met" in lines
     assert "judge confidence 0.600 vs baseline 0.600: missed" in lines and "class entropy 3.10 vs 3.00 bits: met" in lines
+    # The same bars on the reconstructions (half the samples' numbers here): FCD 45 clears, confidence 0.3 and
+    # entropy 1.55 do not, so those two are out of reach for any prior that generalises.
+    assert ("Ceiling: the test images' reconstructions (codes of unseen images, decoded) score FCD 45.00, judge "
+            "confidence 0.300, class entropy 1.55.") in lines
+    assert "so the judge confidence and class entropy targets are out of reach of a better prior alone" in lines
+    sharp = {**default[0], "recon_judge_confidence": 0.7, "recon_class_entropy": 3.2}
+    assert report.targets(sharp, base["betas"][0]["eval"]).endswith(
+        "so every target is within reach of a better prior alone.")
+    no_recon = {k: v for k, v in default[0].items() if not k.startswith("recon_")}
+    assert "Ceiling" not in report.targets(no_recon, base["betas"][0]["eval"])
     worse = report.comparison_section([row(1, 120.0, 21.0, 6.4, 40, fcd=101.0)], [base], "other-judge")
     text = "\n".join(worse)
     assert "FCD 101.00 vs ½ × baseline 100.00: missed" in text and "1 of 3 met" in text
