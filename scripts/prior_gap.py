@@ -82,7 +82,7 @@ def main() -> None:
 
     print(f"model: {args.model or layout.BetaPaths(args.beta).model}; {n} codes per set; FCD and KID against the "
           f"{len(ds.test_x)} test images")
-    print(f"| codes | NN dist | FCD | KID | judge confidence | class entropy (bits) |\n|---|---:|---:|---:|---:|---:|")
+    print("| codes | NN dist | FCD | KID | judge confidence | class entropy (bits) |\n|---|---:|---:|---:|---:|---:|")
     for name, z in sets.items():
         images = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
         feats, probs = judge.predict(judge_net, images, device, bf16=judge_cfg.bf16)
