@@ -93,4 +93,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    try:
+        main()
+    except FileNotFoundError as e:  # no trained model or judge yet: say which, without a traceback
+        raise SystemExit(f"prior_gap: {e}") from None
