@@ -16,7 +16,7 @@ training image, so it says how far from copying the training set each set is. Th
   kernel density estimate on the training codes): how fast decoded quality falls as codes leave the training codes;
 - `NN midpoint`: the midpoint of a training code and its nearest neighbour among the training codes.
 
-Prints a table; writes nothing and asserts nothing. About 15 s per set on a 2-core CPU, 3 min in all.
+Prints a table; writes nothing and asserts nothing. About 2 min in all on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def main() -> None:
     params = load_params(args.params)
     layout.set_threads(params.train.threads)
     device = layout.device()
-    model, config = storage.load_model(args.model or layout.BetaPaths(args.beta).model, device)
+    model_path = args.model or layout.BetaPaths(args.beta).model
+    model, config = storage.load_model(model_path, device)
     bf16 = config["train"]["bf16"]
     state, judge_config = storage.load_state(layout.JUDGE_MODEL, device)
     judge_cfg = from_dict(JudgeConfig, judge_config["judge"])
@@ -80,7 +81,7 @@ def main() -> None:
     neighbour = torch.cat([nearest_other(a, i, mu) for a, i in zip(anchors.split(1000), anchor_idx.split(1000))])
     sets["NN midpoint"] = 0.5 * (anchors + mu[neighbour])
 
-    print(f"model: {args.model or layout.BetaPaths(args.beta).model}; {n} codes per set; FCD and KID against the "
+    print(f"model: {model_path}; {n} codes per set; FCD and KID against the "
           f"{len(ds.test_x)} test images")
     print("| codes | NN dist | FCD | KID | judge confidence | class entropy (bits) |\n|---|---:|---:|---:|---:|---:|")
     for name, z in sets.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import operator
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -168,16 +169,12 @@ def targets(final: Mapping[str, Any], baseline: Mapping[str, Any]) -> str:
     """The modelling targets against the baseline, checked on the numbers: FCD at most half the baseline's,
     higher judge confidence, class entropy >= 3 bits (N(0, I) samples of the same beta). Where the row has the
     reconstructions' numbers, the same bars are checked on them too: the ceiling of any prior that generalises."""
-    bars = [("fcd", "FCD", "<=", 0.5 * baseline["fcd"], f"½ × baseline {0.5 * baseline['fcd']:.2f}", ".2f"),
-            ("judge_confidence", "judge confidence", ">", baseline["judge_confidence"],
+    bars = [("fcd", "FCD", operator.le, 0.5 * baseline["fcd"], f"½ × baseline {0.5 * baseline['fcd']:.2f}", ".2f"),
+            ("judge_confidence", "judge confidence", operator.gt, baseline["judge_confidence"],
              f"baseline {baseline['judge_confidence']:.3f}", ".3f"),
-            ("class_entropy", "class entropy", ">=", 3.0, "3.00 bits", ".2f")]
-
-    def clears(value: float, op: str, bar: float) -> bool:
-        return value <= bar if op == "<=" else value > bar if op == ">" else value >= bar
-
-    checks = [(clears(final[key], op, bar), f"{name} {final[key]:{fmt}} vs {text}")
-              for key, name, op, bar, text, fmt in bars]
+            ("class_entropy", "class entropy", operator.ge, 3.0, "3.00 bits", ".2f")]
+    checks = [(clears(final[key], bar), f"{name} {final[key]:{fmt}} vs {text}")
+              for key, name, clears, bar, text, fmt in bars]
     met = sum(ok for ok, _ in checks)
     line = (f"Targets at β = {final['beta']:g} (N(0, I) samples, default vs baseline): {met} of 3 met — "
             + "; ".join(f"{text}: {'met' if ok else 'missed'}" for ok, text in checks) + ".")
@@ -185,7 +182,7 @@ def targets(final: Mapping[str, Any], baseline: Mapping[str, Any]) -> str:
         return line
     # Codes of images the model never saw are what a prior that generalises (rather than copies training codes)
     # would draw at best: their decoded images, the test reconstructions, bound what such a prior can reach.
-    out_of_reach = [name for key, name, op, bar, *_ in bars if not clears(final[f"recon_{key}"], op, bar)]
+    out_of_reach = [name for key, name, clears, bar, *_ in bars if not clears(final[f"recon_{key}"], bar)]
     ceiling = ", ".join(f"{name} {final[f'recon_{key}']:{fmt}}" for key, name, _, _, _, fmt in bars)
     missed = " and ".join(out_of_reach) + (" targets" if len(out_of_reach) > 1 else " target")
     return (line + f" Ceiling: the test images' reconstructions (codes of unseen images, decoded) score {ceiling}. "
