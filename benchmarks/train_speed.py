@@ -15,9 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vaelab.data import to_unit
 from vaelab.loss import vae_loss
-from vaelab.model import VAE, count_parameters
+from vaelab.model import VAE
+from vaelab.precision import count_parameters
 from vaelab.params import load_params
-from vaelab.train import autocast
+from vaelab.precision import autocast
 
 
 def main() -> None:

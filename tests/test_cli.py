@@ -158,7 +158,7 @@ def registry(model_file, tmp_path_factory) -> str:
         mp.chdir(root)
         tracking.prepare_store(uri, "test")
         with tracking.run(uri, "test", "beta=1"):
-            model_uri = tracking.log_model(Codec(storage.load_model(model_file)[0]), (8,))
+            model_uri = tracking.log_model(Codec(load_model(model_file)[0]), (8,))
             tracking.register_model(model_uri, "cifar10-vae", "beta-1", "test")
     return uri
 

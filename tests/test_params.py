@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaelab.model import VAE, count_parameters
+from vaelab.model import VAE
+from vaelab.precision import count_parameters
 from vaelab.params import Params, ParamsError, from_dict, load_params, load_presets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,18 +110,29 @@ def test_presets_override_model_and_train_only(tmp_path):
         sort_keys=False))
     presets = load_presets(path)
     assert list(presets) == ["small", "same"]  # file order: the order of the report's ablation table
-    description, small = presets["small"]
+    description, (small,) = presets["small"]
     assert description == "d"
     assert (small.model.latent_dim, small.model.res_blocks, small.train.epochs) == (8, 2, 2)  # the rest inherited
     assert small.train.betas == (1.0, 5.0) and small.evaluate.n_samples == 77
-    assert presets["same"][1] == load_params(path)
+    assert presets["same"][1] == [load_params(path)]
     assert load_presets(write(tmp_path, {})) == {}
+
+
+def test_a_preset_may_set_seeds_and_the_subset(tmp_path):
+    path = write(tmp_path, {"data": {"subset": 0},
+                            "presets": {"spread": {"seeds": [3, 4], "data": {"subset": 500}}}})
+    _, runs = load_presets(path)["spread"]
+    assert [(p.seed, p.data.subset) for p in runs] == [(3, 500), (4, 500)]
+    for bad, key in (({"seeds": [1, 1]}, "presets.spread.seeds"), ({"seeds": [-1]}, "presets.spread.seeds"),
+                     ({"data": {"root": "x"}}, "presets.spread.data")):
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+            load_presets(write(tmp_path, {"presets": {"spread": bad}}))
 
 
 def test_shipped_baseline_preset_is_the_plain_vae():
     """The guide's plain VAE: z = 128, global-sigma Gaussian decoder, no residual blocks, bf16, 6 epochs, 2.9M
     parameters, same betas as the default run."""
-    description, base = load_presets(REPO / "params.yaml")["baseline"]
+    description, (base,) = load_presets(REPO / "params.yaml")["baseline"]
     assert (base.model.latent_dim, base.model.likelihood, base.model.res_blocks) == (128, "gaussian", 0)
     assert (base.train.epochs, base.train.bf16, base.train.mmd_weight, base.train.ema_decay) == (6, True, 0.0, 0.0)
     assert base.train.kl_warmup_epochs == 0 and base.train.betas == load_params(REPO / "params.yaml").train.betas

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaelab import data, plots, storage
-from vaelab.model import Codec
+from vaelab import data, density, plots, storage
+from vaelab.model import Codec, load_model
+from vaelab.stages import layout
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 RESIZE_NOTE = "images of any size or mode are converted to RGB and resized to 32x32 (bicubic; aspect ratio not kept)"
@@ -68,23 +69,18 @@ def reconstruct(codec: Codec, images: torch.Tensor) -> torch.Tensor:
 
 # -- inputs: the model and the images ----------------------------------------------------------------------------
 
-def beta_model_path(beta: str, models_dir: Path = Path("models")) -> Path:
-    """models/beta_<tag>/model.pt for `--beta`: the tag as typed, else as DVC prints it ('5' for 5.0, '0.5')."""
-    tags = [beta]
+def beta_paths(beta: str) -> layout.BetaPaths:
+    """The trained files of `--beta` (models/beta_<tag>/model.pt and its sampler), the tag as typed or as DVC
+    prints it ('5' for 5.0, '0.5')."""
     try:
-        tags += [f"{float(beta):g}", str(float(beta))]
-    except ValueError:
-        raise CLIError(f"--beta must be a number, got {beta!r}") from None
-    for tag in dict.fromkeys(tags):  # ordered, without duplicates
-        if (models_dir / f"beta_{tag}" / "model.pt").is_file():
-            return models_dir / f"beta_{tag}" / "model.pt"
-    trained = sorted(p.parent.name for p in models_dir.glob("beta_*/model.pt")) or ["none"]
-    raise CLIError(f"no model for β = {beta}: {models_dir / f'beta_{tags[0]}' / 'model.pt'} not found "
-                   f"(trained here: {', '.join(trained)}; run dvc repro)")
+        return layout.find_beta(beta)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
 
 
-def load_codec(model: str, tracking_uri: str | None = None) -> Codec:
-    """A Codec from a DVC model file path or an MLflow model URI (models:/name@alias, models:/name/3, runs:/...)."""
+def load_codec(model: str, tracking_uri: str | None = None, sampler: Path | None = None) -> Codec:
+    """A Codec from a DVC model file path (with the ex-post sampler file `sampler`, if given) or an MLflow model
+    URI (models:/name@alias, models:/name/3, runs:/...; a registered model carries its sampler)."""
     if model.startswith(MLFLOW_SCHEMES):
         from vaelab import tracking  # imported here: mlflow takes seconds to import and model files do not need it
 
@@ -98,14 +94,22 @@ def load_codec(model: str, tracking_uri: str | None = None) -> Codec:
                            f"before the Codec export (retrain it: dvc repro)")
         return codec.eval()
     try:
-        vae, _ = storage.load_model(model)
+        vae, _ = load_model(model)
+        gmm = None
+        if sampler is not None:
+            state, settings = storage.load_state(sampler)
+            if settings.get("model_md5") != storage.weights_md5(model):
+                raise CLIError(f"{sampler} was fitted to another model's codes than {model}'s; run dvc repro")
+            gmm = density.GaussianMixture(**state)
     except FileNotFoundError as e:
         raise CLIError(str(e)) from None
+    except CLIError:
+        raise
     except Exception as e:  # a directory, a truncated file or another kind of checkpoint: one clear message
         # torch's unpickling errors run to a dozen lines: their first sentence names the problem.
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
         raise CLIError(f"{model} is not a model file saved by the train stage ({type(e).__name__}: {first})") from None
-    return Codec(vae).eval()
+    return Codec(vae, gmm).eval()
 
 
 def read_images(paths: Sequence[str]) -> torch.Tensor:
@@ -155,11 +159,22 @@ def write_png(images: torch.Tensor, nrow: int, out: Path, upscale: int = 1) -> N
 
 def run(args: argparse.Namespace) -> str:
     """Run one parsed subcommand; returns what was written."""
-    codec = load_codec(args.model or str(beta_model_path(args.beta)), args.tracking_uri)
+    if args.model:
+        codec = load_codec(args.model, args.tracking_uri, getattr(args, "sampler", None))
+    else:
+        paths = beta_paths(args.beta)
+        codec = load_codec(str(paths.model), sampler=paths.sampler if paths.sampler.is_file() else None)
     if args.command == "sample":
+        nrow = args.nrow or math.ceil(math.sqrt(args.n))
+        if codec.sampler is not None and not args.prior:
+            if args.temperature != 1.0:
+                raise CLIError("--temperature scales z ~ N(0, I): add --prior to draw from it instead of the sampler")
+            with torch.no_grad():
+                write_png(codec.sample(args.n, torch.Generator().manual_seed(args.seed)), nrow, args.out, args.upscale)
+            return f"{args.n} samples from the ex-post sampler (seed {args.seed})"
         z = sample_codes(args.n, codec.latent_dim, args.seed, args.temperature)
-        write_png(generate(codec, z), args.nrow or math.ceil(math.sqrt(args.n)), args.out, args.upscale)
-        return f"{args.n} samples (τ = {args.temperature:g}, seed {args.seed})"
+        write_png(generate(codec, z), nrow, args.out, args.upscale)
+        return f"{args.n} samples of z ~ N(0, {args.temperature:g}² I) (seed {args.seed})"
     if args.command == "interpolate":
         if args.seeds:
             # A line between two noise draws, each step a prior sample.
@@ -193,16 +208,22 @@ def parser() -> argparse.ArgumentParser:
     which = common.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a DVC model file (models/beta_1/model.pt) or an MLflow model URI (models:/"
                                        "cifar10-vae@beta-5, models:/cifar10-vae/3, models:/m-<id>, runs:/<id>/model)")
-    which.add_argument("--beta", help="shorthand for --model models/beta_<β>/model.pt")
+    which.add_argument("--beta", help="shorthand for --model models/beta_<β>/model.pt with its sampler "
+                                      "models/sampler/beta_<β>/sampler.pt")
     common.add_argument("--tracking-uri", help="MLflow store for URIs (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///<cwd>/mlflow.db)")
     common.add_argument("--upscale", type=positive, default=4, help="nearest-neighbour zoom of the PNG (default 4)")
 
-    s = sub.add_parser("sample", parents=[common], help="decode prior samples (noise ~ N(0, τ² I), through the model's prior flow "
-                       "if it has one) into a grid")
+    s = sub.add_parser("sample", parents=[common], help="draw samples into a grid: from the ex-post sampler the "
+                       "model was fitted with (a registered model, --beta, or --sampler), else decoded z ~ N(0, τ² I)")
+    s.add_argument("--sampler", type=Path, help="with --model FILE: the sampler file to draw from "
+                                                "(models/sampler/beta_<β>/sampler.pt)")
+    s.add_argument("--prior", action="store_true", help="decode z ~ N(0, τ² I) (through the prior's flow, if any) "
+                                                        "even when the model has a sampler")
     s.add_argument("--n", type=positive, default=16, help="number of samples (default 16)")
     s.add_argument("--seed", type=int, default=0, help="seed of the codes (default 0)")
-    s.add_argument("--temperature", type=float, default=1.0, help="τ, the standard deviation of z (default 1)")
+    s.add_argument("--temperature", type=float, default=1.0, help="with --prior: τ, the standard deviation of z "
+                                                                 "(default 1)")
     s.add_argument("--nrow", type=positive, help="images per row (default √n)")
     s.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write (default samples.png)")
 

@@ -3,6 +3,7 @@ the training images, sampled in place of N(0, I) (Ghosh et al. 2020, "From Varia
 Autoencoders"). Deterministic for a seed; computed in float64 for stable covariances."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -80,3 +81,8 @@ def sample(gmm: GaussianMixture, n: int, generator: torch.Generator) -> torch.Te
     eps = torch.randn(n, gmm.means.shape[1], generator=generator, dtype=gmm.means.dtype)
     z = gmm.means[comp] + (gmm.scale_tril[comp] @ eps[:, :, None])[:, :, 0]  # (n, D)
     return z.float()
+
+
+def to_state(gmm: GaussianMixture) -> dict[str, torch.Tensor]:
+    """The mixture's tensors by name (what `storage.save_state` writes and `GaussianMixture(**state)` reads)."""
+    return dataclasses.asdict(gmm)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vaelab.data import batch_indices
 from vaelab.params import JudgeConfig
-from vaelab.train import autocast
+from vaelab.precision import autocast
 
 CIFAR_MEAN = torch.tensor([125.307, 122.961, 113.8575]) / 255
 CIFAR_STD = torch.tensor([51.5865, 50.847, 51.255]) / 255

@@ -1,6 +1,6 @@
-"""Test-set measurements of a trained VAE: negative ELBO (bits/dim), rate and distortion (nats), MSE/PSNR,
-per-dimension KL and active units, importance-weighted bound, total correlation, a linear probe, and the
-judge's sample-quality numbers (FCD, KID, confidence, class entropy)."""
+"""Test-set measurements of a trained VAE: negative ELBO (bits/dim), rate and distortion (nats), MSE/PSNR and
+per-dimension KL, each per image so that every mean gets a bootstrap interval; the importance-weighted bound and
+a linear probe; encoding and decoding helpers for the sample-quality sets."""
 from __future__ import annotations
 
 import math
@@ -8,19 +8,15 @@ import math
 import torch
 
 from vaelab.data import batch_indices, to_uint8, to_unit
+from vaelab.intervals import bootstrap, with_interval
 from vaelab.loss import bits_per_dim, kl_divergence, kl_normal, log_normal, recon_nll
 from vaelab.model import VAE, mean_image
-from vaelab.train import autocast
+from vaelab.precision import autocast
 
 
 def psnr(mse: float, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB of a mean squared error on images scaled to [0, peak]."""
     return float("inf") if mse <= 0 else 10.0 * math.log10(peak**2 / mse)
-
-
-def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
-    """Burda et al. 2015: number of latent dimensions j with Cov_x(E[z_j | x]) > threshold; mu: (N, z)."""
-    return int((mu.double().var(dim=0) > threshold).sum())
 
 
 @torch.no_grad()
@@ -53,54 +49,49 @@ def sample_uint8(model: VAE, noise: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
-    model: VAE,
-    x: torch.Tensor,
-    device: torch.device,
-    batch_size: int = 500,
-    active_threshold: float = 0.01,
-    bf16: bool = True,
-    seed: int = 0,
-) -> tuple[dict[str, float], list[float]]:
-    """Test-set metrics (flat dict) and the mean KL of each latent dimension (nats).
-
-    test_bpd is the single-sample negative ELBO (beta = 1) in bits/dim; rate_nats is KL(q(z|x) || p(z)) and
-    distortion_nats is -log p(x|z), both per image; recon MSE and PSNR compare the decoder's mean image with
-    the input on the [0, 1] scale.
-    """
+def per_image(model: VAE, x: torch.Tensor, device: torch.device, batch_size: int = 500, bf16: bool = True,
+              seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per test image (N,): rate KL(q(z|x) || p(z)) and distortion -log p(x|z) in nats (one posterior sample), and
+    the squared error of the reconstruction from the posterior mean on the [0, 1] scale; per image and latent
+    dimension (N, D): mu, logvar and, for the N(0, I) prior, KL(q(z_j|x) || N(0, 1)) in nats, whose sum over j is
+    the rate (with a flow prior the KL does not split by dimension; kl_dims is then against N(0, 1), not the prior)."""
     model.eval()
     torch.manual_seed(seed)  # the eps draws of z ~ q(z|x): evaluation is repeatable
-    n = len(x)
-    rate = distortion = sq_err = 0.0
-    kl_dims = torch.zeros(model.cfg.latent_dim, dtype=torch.float64)
-    mus = []
-    for idx in batch_indices(n, batch_size, None):
+    keys = ("rate", "distortion", "mse", "mu", "logvar", "kl_dims")
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for idx in batch_indices(len(x), batch_size, None):
         xb = to_unit(x[idx].to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
-            out = model(xb)
-        rate += float(kl_divergence(out).sum())
-        # Per dimension against N(0, 1): the rate itself when the prior is N(0, I). A flow prior's KL does not
-        # split by dimension, so there this only says how much each dimension is used, not what it costs.
-        kl_dims += kl_normal(out["mu"], out["logvar"]).double().sum(0).cpu()
-        distortion += float(recon_nll(xb, out["params"], model.cfg.likelihood, model.log_sigma).sum())
-        # MSE of the reconstruction from the posterior mean, on the [0, 1] scale.
-        with autocast(device, bf16):
-            rec = mean_image(model.decoder(out["mu"])).float()
-        sq_err += float(((rec - xb) / 2).pow(2).flatten(1).mean(1).sum())
-        mus.append(out["mu"].float().cpu())
-    rate, distortion, mse = rate / n, distortion / n, sq_err / n
-    metrics = {
-        "test_bpd": float(bits_per_dim(torch.tensor(rate + distortion))),
-        "test_neg_elbo_nats": rate + distortion,
-        "rate_nats": rate,
-        "distortion_nats": distortion,
-        "test_recon_mse": mse,
-        "test_psnr": psnr(mse),
-        "active_units": active_units(torch.cat(mus), active_threshold),
-        "latent_dim": model.cfg.latent_dim,
-        "n_test_images": n,
+            o = model(xb)
+            rec = mean_image(model.decoder(o["mu"])).float()
+        kl_dims = kl_normal(o["mu"], o["logvar"]).double()  # (B, D)
+        # The rate of the N(0, I) prior is the sum of the per-dimension closed forms: one number, two views.
+        rate = kl_dims.sum(1) if model.prior is None else kl_divergence(o).double()
+        values = {"rate": rate, "distortion": recon_nll(xb, o["params"], model.cfg.likelihood, model.log_sigma),
+                  "mse": ((rec - xb) / 2).pow(2).flatten(1).mean(1), "mu": o["mu"], "logvar": o["logvar"],
+                  "kl_dims": kl_dims}
+        for k in keys:
+            out[k].append(values[k].double().cpu() if k != "mu" and k != "logvar" else values[k].float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def likelihood_metrics(images: dict[str, torch.Tensor], reps: int, seed: int) -> dict[str, float]:
+    """Test-set means with 95% bootstrap intervals over the images (`_lo`, `_hi`): test_bpd (single-sample negative
+    ELBO, beta = 1, bits/dim), rate_nats, distortion_nats, test_recon_mse and test_psnr (dB of the mean MSE)."""
+    rate, dist, mse = images["rate"], images["distortion"].double(), images["mse"]
+    stats = {
+        "test_bpd": lambda i: float(bits_per_dim((rate[i] + dist[i]).mean())),
+        "rate_nats": lambda i: float(rate[i].mean()),
+        "distortion_nats": lambda i: float(dist[i].mean()),
+        "test_recon_mse": lambda i: float(mse[i].mean()),
+        "test_psnr": lambda i: psnr(float(mse[i].mean())),
     }
-    return metrics, (kl_dims / n).tolist()
+    every = torch.arange(len(rate))
+    out: dict[str, float] = {}
+    for key, stat in stats.items():
+        out |= with_interval(key, stat(every), bootstrap(stat, [len(rate)], reps, seed))
+    out["test_neg_elbo_nats"] = float((rate + dist).mean())
+    return out
 
 
 @torch.no_grad()
@@ -159,9 +150,10 @@ def total_correlation(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int, s
 
 
 def linear_probe(train_feats: torch.Tensor, train_y: torch.Tensor, test_feats: torch.Tensor,
-                 test_y: torch.Tensor, l2: float = 1e-4, steps: int = 300, n_classes: int = 10) -> float:
-    """Test accuracy of multinomial logistic regression trained (full-batch L-BFGS, L2 penalty `l2` on the
-    weights) on standardised train features (N, D); both feature sets use the train mean and std."""
+                 test_y: torch.Tensor, l2: float = 1e-4, steps: int = 300, n_classes: int = 10) -> torch.Tensor:
+    """Per test image (M,), 1.0 where multinomial logistic regression trained (full-batch L-BFGS, L2 penalty `l2`
+    on the weights) on standardised train features (N, D) classifies it correctly (its mean is the probe accuracy);
+    both feature sets use the train mean and std."""
     mean, std = train_feats.mean(0), train_feats.std(0).clamp_min(1e-6)
     xtr = ((train_feats - mean) / std).double()
     xte = ((test_feats - mean) / std).double()
@@ -179,55 +171,4 @@ def linear_probe(train_feats: torch.Tensor, train_y: torch.Tensor, test_feats: t
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        return float(((xte @ w + b).argmax(1) == test_y).double().mean())
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets a (N, F) and b (M, F) (FID's formula):
-    |mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))."""
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    c_a, c_b = torch.cov(a.T), torch.cov(b.T)
-    # Tr (C_a C_b)^(1/2) = sum sqrt(eig(C_a^(1/2) C_b C_a^(1/2))), a symmetric PSD matrix: stable via eigh.
-    evals, evecs = torch.linalg.eigh(c_a)
-    sqrt_a = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
-    cross = torch.linalg.eigvalsh(sqrt_a @ c_b @ sqrt_a).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + torch.trace(c_a) + torch.trace(c_b) - 2 * cross)
-
-
-def kernel_distance(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-                    seed: int = 0) -> tuple[float, float]:
-    """KID (Bińkowski et al. 2018): unbiased MMD^2 with the kernel k(x, y) = (x.y / F + 1)^3, mean and standard
-    deviation over `subsets` random subsets of `subset_size` from each set (capped at the smaller set)."""
-    gen = torch.Generator().manual_seed(seed)
-    a, b = a.double(), b.double()
-    m = min(subset_size, len(a), len(b))
-    f = a.shape[1]
-    values = []
-    for _ in range(subsets):
-        x = a[torch.randperm(len(a), generator=gen)[:m]]
-        y = b[torch.randperm(len(b), generator=gen)[:m]]
-        k_xx, k_yy, k_xy = ((x @ x.T) / f + 1) ** 3, ((y @ y.T) / f + 1) ** 3, ((x @ y.T) / f + 1) ** 3
-        # Unbiased: the diagonals (k(x, x)) are left out of the within-set means.
-        mmd = ((k_xx.sum() - k_xx.diagonal().sum()) + (k_yy.sum() - k_yy.diagonal().sum())) / (m * (m - 1)) \
-            - 2 * k_xy.mean()
-        values.append(float(mmd))
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
-
-
-def class_entropy(probs: torch.Tensor, n_classes: int = 10) -> float:
-    """Entropy in bits of the histogram of predicted classes (argmax of probs (N, C)); log2(C) = all classes
-    equally often, 0 = one class."""
-    p = torch.bincount(probs.argmax(1), minlength=n_classes).double() / len(probs)
-    p = p[p > 0]
-    return max(0.0, float(-(p * p.log2()).sum()))  # max: no "-0.0"
-
-
-def sample_quality(feats: torch.Tensor, probs: torch.Tensor, ref_feats: torch.Tensor, kid_subsets: int = 100,
-                   kid_subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
-    """The judge's verdict on a set of images: fcd and kid (+ kid_std) of their features against reference
-    features, judge_confidence (mean max softmax) and class_entropy (bits)."""
-    kid, kid_std = kernel_distance(feats, ref_feats, kid_subsets, kid_subset_size, seed)
-    return {"fcd": frechet_distance(feats, ref_feats), "kid": kid, "kid_std": kid_std,
-            "judge_confidence": float(probs.max(1).values.mean()), "class_entropy": class_entropy(probs)}
+        return ((xte @ w + b).argmax(1) == test_y).double()

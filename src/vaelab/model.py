@@ -2,12 +2,18 @@
 prior p(z): N(0, I) itself or N(0, I) pushed through a learned normalizing flow."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vaelab import density
+from vaelab.density import GaussianMixture
 from vaelab.loss import log_normal
-from vaelab.params import ModelConfig
+from vaelab.params import ModelConfig, from_dict
+from vaelab.storage import load_state
 
 
 class ResBlock(nn.Module):
@@ -199,13 +205,16 @@ def mean_image(params: torch.Tensor) -> torch.Tensor:
 
 
 class Codec(nn.Module):
-    """What is exported to MLflow and driven by the CLI: a trained VAE on the [0, 1] pixel scale.
-    forward draws samples: noise (B, z) ~ N(0, I), float32 -> images (B, 3, 32, 32) in [0, 1] (through the prior's
-    flow when there is one); decode maps codes z (B, z) to images and encode maps images to posterior means."""
+    """What is exported to MLflow and driven by the CLI: a trained VAE on the [0, 1] pixel scale, with the ex-post
+    sampler fitted to its training codes when it has one.
+    forward decodes prior draws: noise (B, z) ~ N(0, I), float32 -> images (B, 3, 32, 32) in [0, 1] (through the
+    prior's flow when there is one); sample draws n images from the ex-post sampler (or from the prior without
+    one); decode maps codes z (B, z) to images and encode maps images to posterior means."""
 
-    def __init__(self, vae: VAE):
+    def __init__(self, vae: VAE, sampler: GaussianMixture | None = None):
         super().__init__()
         self.vae = vae
+        self.sampler = sampler
 
     @property
     def latent_dim(self) -> int:
@@ -213,6 +222,12 @@ class Codec(nn.Module):
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.decode(self.vae.codes(noise.float()))
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n images (n, 3, 32, 32) in [0, 1]: codes from the ex-post sampler, else the prior's decoded N(0, I)."""
+        if self.sampler is None:
+            return self(torch.randn(n, self.latent_dim, generator=generator))
+        return self.decode(density.sample(self.sampler, n, generator))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, 32, 32) in [0, 1] of codes z (B, z)."""
@@ -224,6 +239,10 @@ class Codec(nn.Module):
         return mu
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """A VAE saved by the train stage (`storage.save_model`) and its resolved config, in eval mode on `device`."""
+    state, config = load_state(path, device)
+    model = VAE(from_dict(ModelConfig, config["model"]))
+    model.load_state_dict(state)
+    model.to(device, memory_format=torch.channels_last).eval()
+    return model, config

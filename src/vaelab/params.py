@@ -99,54 +99,68 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Test-set evaluation: likelihood bounds, latent organisation and sample quality."""
+    """Test-set evaluation: likelihood bounds, latent organisation and sample quality, each with an interval."""
 
     batch_size: int = 500
-    active_threshold: float = 0.01  # Burda et al. 2015: Cov_x E[z_j | x] > 0.01
+    active_thresholds: tuple[float, ...] = (0.01, 0.1, 0.5)  # a unit is active when Cov_x E[z_j | x] > t
     iw_samples: int = 64  # K of the importance-weighted bound (Burda et al. 2015)
     iw_images: int = 1000  # test images it is computed on
-    tc_batch_size: int = 10000  # minibatch M of the total-correlation estimator (= whole test set by default)
+    tc_batch_size: int = 2000  # minibatch M of the sampled total-correlation estimate
     probe_l2: float = 1e-4  # L2 penalty of the linear probe on standardised mu
     probe_steps: int = 300  # L-BFGS iterations of the probe
-    factor_images: int = 1000  # test images the factor responses are measured on
+    factor_images: int = 1000  # test images the factors are applied to (half fit the readout, half score it)
+    readout_l2: float = 1.0  # ridge penalty of the regression that reads a factor's level from mu
     brightness_levels: tuple[float, ...] = (-0.2, -0.1, 0.1, 0.2)  # added to pixels on the [0, 1] scale
     hue_levels_deg: tuple[float, ...] = (-60.0, -30.0, 30.0, 60.0)  # rotation about the grey axis of RGB
+    saturation_levels: tuple[float, ...] = (0.25, 0.5, 1.5, 2.0)  # colourfulness multiplier (1 = unchanged)
     shift_levels_px: tuple[int, ...] = (-3, -2, 2, 3)  # horizontal translation, reflection padded
-    n_samples: int = 10000  # prior samples (and real / reconstructed images) scored by the judge
+    vshift_levels_px: tuple[int, ...] = (-3, -2, 2, 3)  # vertical translation, reflection padded
+    rotation_levels_deg: tuple[float, ...] = (-20.0, -10.0, 10.0, 20.0)  # rotation about the centre
+    scale_levels: tuple[float, ...] = (0.8, 0.9, 1.1, 1.25)  # zoom about the centre (1 = unchanged)
+    n_samples: int = 10000  # samples (and real / reconstructed images) scored by the judge
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    bootstrap: int = 200  # resamples of the test images behind every 95% interval
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
-        _check(self.active_threshold > 0, "evaluate.active_threshold", "must be > 0")
+        _check(len(self.active_thresholds) >= 1 and all(t > 0 for t in self.active_thresholds),
+               "evaluate.active_thresholds", f"must list thresholds > 0, got {list(self.active_thresholds)}")
         _check(self.iw_samples >= 1, "evaluate.iw_samples", f"must be >= 1, got {self.iw_samples}")
         _check(1 <= self.iw_images <= 10_000, "evaluate.iw_images", "must be in 1..10000")
         _check(self.tc_batch_size >= 2, "evaluate.tc_batch_size", "must be >= 2")
         _check(self.probe_l2 >= 0, "evaluate.probe_l2", "must be >= 0")
         _check(self.probe_steps >= 1, "evaluate.probe_steps", "must be >= 1")
-        _check(2 <= self.factor_images <= 10_000, "evaluate.factor_images", "must be in 2..10000")
-        for key in ("brightness_levels", "hue_levels_deg", "shift_levels_px"):
+        _check(4 <= self.factor_images <= 10_000, "evaluate.factor_images", "must be in 4..10000")
+        _check(self.readout_l2 > 0, "evaluate.readout_l2", "must be > 0")
+        for key, identity in (("brightness_levels", 0), ("hue_levels_deg", 0), ("saturation_levels", 1),
+                              ("shift_levels_px", 0), ("vshift_levels_px", 0), ("rotation_levels_deg", 0),
+                              ("scale_levels", 1)):
             levels = getattr(self, key)
-            _check(len(levels) >= 1 and all(v != 0 for v in levels), f"evaluate.{key}",
-                   f"must list at least one non-zero level, got {list(levels)}")
+            _check(len(levels) >= 1 and all(v != identity for v in levels), f"evaluate.{key}",
+                   f"must list at least one level other than {identity} (unchanged), got {list(levels)}")
         _check(all(abs(v) < 1 for v in self.brightness_levels), "evaluate.brightness_levels", "must lie in (-1, 1)")
-        _check(all(abs(v) <= 8 for v in self.shift_levels_px), "evaluate.shift_levels_px", "must lie in [-8, 8]")
+        for key in ("shift_levels_px", "vshift_levels_px"):
+            _check(all(abs(v) <= 8 for v in getattr(self, key)), f"evaluate.{key}", "must lie in [-8, 8]")
+        _check(all(0 <= v <= 10 for v in self.saturation_levels), "evaluate.saturation_levels", "must lie in [0, 10]")
+        _check(all(abs(v) <= 90 for v in self.rotation_levels_deg), "evaluate.rotation_levels_deg",
+               "must lie in [-90, 90]")
+        _check(all(0.25 <= v <= 4 for v in self.scale_levels), "evaluate.scale_levels", "must lie in [0.25, 4]")
         _check(self.n_samples >= 2, "evaluate.n_samples", "must be >= 2")
         _check(self.kid_subsets >= 1, "evaluate.kid_subsets", "must be >= 1")
         _check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", "must be >= 2")
+        _check(self.bootstrap >= 2, "evaluate.bootstrap", f"must be >= 2, got {self.bootstrap}")
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Samplers shown and judged beside z ~ N(0, I): reduced temperature, and an ex-post density on the codes."""
+    """The ex-post sampler (stage sampler@<beta>): a density fitted to the training codes once, which every sample
+    grid, judged sample set, the CLI and the registered MLflow model draw from."""
 
-    temperature: float = 0.7  # tau of z ~ N(0, tau^2 I)
     gmm_components: int = 10  # full-covariance Gaussian mixture fitted to the training codes mu (Ghosh et al. 2020)
     gmm_iterations: int = 100  # EM iterations at most
 
     def __post_init__(self) -> None:
-        _check(math.isfinite(self.temperature) and 0 < self.temperature <= 10, "sampling.temperature",
-               f"must be a number in (0, 10], got {self.temperature}")
         _check(1 <= self.gmm_components <= 1000, "sampling.gmm_components", f"must be in 1..1000, got "
                f"{self.gmm_components}")
         _check(self.gmm_iterations >= 1, "sampling.gmm_iterations", f"must be >= 1, got {self.gmm_iterations}")
@@ -290,9 +304,10 @@ def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-# What a preset may override: the model and its training recipe. Data, evaluation, judge and samplers stay those
-# of the default run, so a preset's numbers compare with the default's.
-PRESET_KEYS = ("description", "model", "train")
+# What a preset may override: the model and its training recipe, the training subset, and the seeds it runs with
+# (one model per seed and beta: the seed-to-seed spread). Evaluation, judge and sampler stay those of the default
+# run, so a preset's numbers compare with the default's.
+PRESET_KEYS = ("description", "model", "train", "data", "seeds")
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -308,8 +323,9 @@ def _read(path: str | Path) -> dict[str, Any]:
     return dict(raw)
 
 
-def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple[str, Params]]:
-    """Validate the `presets` section: name -> (description, the default params with the preset's overrides)."""
+def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple[str, list[Params]]]:
+    """Validate the `presets` section: name -> (description, the default params with the preset's overrides, one
+    per seed)."""
     section = raw.get("presets") or {}
     if not isinstance(section, Mapping):
         raise ParamsError("params: 'presets' must be a mapping of preset name -> overrides")
@@ -327,6 +343,18 @@ def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple
         if not isinstance(description, str):
             raise ParamsError(f"params: '{key}.description' must be a string")
         merged = dict(base)
+        seeds = preset.get("seeds", [base.get("seed", 0)])
+        if not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds):
+            raise ParamsError(f"params: '{key}.seeds' must be a non-empty list of distinct seeds")
+        for seed in seeds:
+            try:
+                from_dict(Params, {"seed": seed})
+            except ParamsError as e:
+                raise ParamsError(str(e).replace("'seed'", f"'{key}.seeds'", 1)) from None
+        data_over = preset.get("data") or {}
+        if not isinstance(data_over, Mapping) or set(data_over) - {"subset"}:
+            raise ParamsError(f"params: '{key}.data' may set only 'subset'")
+        merged["data"] = {**(base.get("data") or {}), **data_over}
         for section_name in ("model", "train"):
             overrides = preset.get(section_name) or {}
             if not isinstance(overrides, Mapping):
@@ -336,7 +364,7 @@ def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple
             except ParamsError as e:
                 raise ParamsError(str(e).replace("'", f"'{key}.", 1)) from None
             merged[section_name] = {**(base.get(section_name) or {}), **overrides}
-        out[name] = (description, from_dict(Params, merged))
+        out[name] = (description, [from_dict(Params, {**merged, "seed": seed}) for seed in seeds])
     return out
 
 
@@ -349,8 +377,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params
 
 
-def load_presets(path: str | Path = "params.yaml") -> dict[str, tuple[str, Params]]:
-    """The named recipes of params.yaml's `presets` section, in file order: name -> (description, params)."""
+def load_presets(path: str | Path = "params.yaml") -> dict[str, tuple[str, list[Params]]]:
+    """The named recipes of params.yaml's `presets` section, in file order: name -> (description, params per
+    seed)."""
     raw = _read(path)
     return _presets(raw, {k: v for k, v in raw.items() if k != "presets"})
 

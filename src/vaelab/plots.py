@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from vaelab import data, density  # noqa: E402
 from vaelab.metrics import decode_uint8, encode, sample_uint8  # noqa: E402
 from vaelab.model import VAE  # noqa: E402
-from vaelab.params import FiguresConfig, SamplingConfig  # noqa: E402
+from vaelab.params import FiguresConfig  # noqa: E402
 
 CURVES = (("loss", "loss = recon + β·KL (nats)"), ("recon", "recon −log p(x|z) (nats)"),
           ("kl", "KL (nats)"), ("bpd", "negative ELBO (bits/dim)"))
@@ -144,15 +144,15 @@ def kl_bars(kl_by_beta: Sequence[tuple[float, Sequence[float]]]) -> plt.Figure:
         ax.set_title(f"β = {beta:g}: {sum(kl):.1f} nats in {len(kl)} dims", fontsize=9)
         ax.set_xlabel("latent dimension (sorted)")
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("KL(q(z_j|x) || N(0, 1)) per dimension (nats)")
+    axes[0][0].set_ylabel("KL(q(z_j|x) || p(z_j)) per dimension (nats)")
     return fig
 
 
 def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: list[float],
-                 response: pd.DataFrame, beta: float, cfg: FiguresConfig, sampling: SamplingConfig,
-                 gmm: density.GaussianMixture, seed: int, device: torch.device) -> dict[str, plt.Figure]:
-    """All figures of one model, keyed by file stem; `gmm` is the mixture fitted to its training codes. Prior
-    codes depend only on the seed, so every beta decodes the same z (the report's side-by-side)."""
+                 response: pd.DataFrame, beta: float, cfg: FiguresConfig, gmm: density.GaussianMixture, seed: int,
+                 device: torch.device) -> dict[str, plt.Figure]:
+    """All figures of one model, keyed by file stem; `gmm` is the ex-post sampler fitted to its training codes.
+    Prior codes depend only on the seed, so every beta decodes the same z (the report's side-by-side)."""
     g = torch.Generator().manual_seed(seed)
     zdim = model.cfg.latent_dim
     n = cfg.grid_size**2
@@ -162,13 +162,9 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     noise = "z = f(e), e ~ N(0, I)" if flow else "z ~ N(0, I)"
     z = torch.randn(n, zdim, generator=g)
     figs["prior_samples"] = image_grid(sample_uint8(model, z), cfg.grid_size, f"β = {beta:g}: {n} samples, {noise}")
-    # The same noise at temperature tau, and draws from the mixture on the training codes, below N(0, I).
-    tau = sampling.temperature
-    figs["samplers"] = image_table(
-        [sample_uint8(model, z), sample_uint8(model, tau * z), decode_uint8(model, density.sample(gmm, n, g))],
-        f"β = {beta:g}: {n} samples from each sampler",
-        row_labels=[*(f"z = f(e)\ne ~ N(0, {v})" if flow else f"z ~ N(0, {v})"
-                      for v in ("I", f"{tau:g}² I")), f"mixture ({gmm.components})\non training μ"])
+    figs["sampler_samples"] = image_grid(decode_uint8(model, density.sample(gmm, n, g)), cfg.grid_size,
+                                         f"β = {beta:g}: {n} samples from the ex-post sampler "
+                                         f"({gmm.components}-component mixture on training μ)")
     z1, z2 = torch.randn(2, zdim, generator=g)
     figs["interpolation_prior"] = image_table(
         [sample_uint8(model, lerp(z1, z2, cfg.interp_steps))],
@@ -207,6 +203,19 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     figs["factor_response"] = factor_heatmap(
         response, kl_dims, f"β = {beta:g}: where each controlled factor moves the code (share of Σ_j Δμ_j²)")
     return figs
+
+
+def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], title: str) -> plt.Figure:
+    """Figures already drawn (RGB(A) arrays, e.g. read from PNG) in one row, each with its title."""
+    widths = [im.shape[1] / im.shape[0] for im in images]
+    fig, axes = plt.subplots(1, len(images), figsize=(5.5 * sum(widths), 6.0), squeeze=False,
+                             gridspec_kw={"width_ratios": widths}, constrained_layout=True)
+    for ax, im, t in zip(axes[0], images, titles):
+        ax.imshow(im)
+        ax.set_title(t, fontsize=12)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=12)
+    return fig
 
 
 def tile(images: torch.Tensor, nrow: int, pad: int = 2, upscale: int = 1) -> np.ndarray:

@@ -11,8 +11,6 @@ from typing import Any, Iterator
 
 import torch
 
-from vaelab.model import VAE
-from vaelab.params import ModelConfig, from_dict
 
 
 @contextmanager
@@ -85,15 +83,6 @@ def weights_md5(path: str | Path) -> str:
         h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
         h.update(t.flatten().view(torch.uint8).numpy().tobytes())  # raw bytes, bf16 included
     return h.hexdigest()
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """Load a VAE saved by `save_model`, in eval mode on `device`."""
-    state, config = load_state(path, device)
-    model = VAE(from_dict(ModelConfig, config["model"]))
-    model.load_state_dict(state)
-    model.to(device, memory_format=torch.channels_last).eval()
-    return model, config
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:

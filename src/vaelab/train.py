@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -17,19 +17,13 @@ from tqdm import tqdm
 from vaelab.data import batch_indices, to_unit
 from vaelab.loss import vae_loss
 from vaelab.params import TrainConfig
+from vaelab.precision import autocast
 
 TERMS = ("loss", "recon", "kl", "mmd", "bpd")
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the epoch and step."""
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast context: always on CUDA, optional on CPU (oneDNN bf16 kernels)."""
-    if device.type == "cuda" or bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaelab import data, metrics, storage, tracking
+from vaelab import data, quality, storage, tracking
 from vaelab.judge import accuracy, predict, train_judge
-from vaelab.model import count_parameters
+from vaelab.precision import count_parameters
 from vaelab.params import ParamsError, flatten, load_params, to_dict
 from vaelab.stages import layout
 
@@ -55,7 +55,7 @@ def main() -> int:
         g = torch.Generator().manual_seed(params.seed)
         real = ds.train_x[torch.randperm(len(ds.train_x), generator=g)[: ev.n_samples]]
         real_feats, real_probs = predict(model, real, device, bf16=cfg.bf16)
-        reference = metrics.sample_quality(real_feats, real_probs, test_feats, ev.kid_subsets, ev.kid_subset_size,
+        reference = quality.sample_quality(real_feats, real_probs, test_feats, ev.kid_subsets, ev.kid_subset_size,
                                            params.seed)
         summary = {
             "test_accuracy": accuracy(test_probs, ds.test_y),

@@ -48,9 +48,22 @@ class BetaPaths:
         return self.model_dir / "model.pt"
 
     @property
-    def mixture(self) -> Path:
-        # The ex-post sampler evaluate@<beta> fits to the training codes; figures@<beta> draws from the same one.
-        return self.root / "models" / "mixture" / f"beta_{self.tag}.pt"
+    def sampler_dir(self) -> Path:
+        # Stage sampler@<beta>: the ex-post density on the training codes, which evaluate, figures, the CLI and the
+        # registered MLflow model all draw from, and the registered model's record.
+        return self.root / "models" / "sampler" / f"beta_{self.tag}"
+
+    @property
+    def sampler(self) -> Path:
+        return self.sampler_dir / "sampler.pt"
+
+    @property
+    def registered(self) -> Path:
+        return self.sampler_dir / "mlflow_model.json"
+
+    @property
+    def sampler_metrics(self) -> Path:
+        return self.metrics_dir / "sampler.json"
 
     @property
     def run_file(self) -> Path:
@@ -90,11 +103,27 @@ class BetaPaths:
         return self.root / "reports" / "figures" / f"beta_{self.tag}"
 
 
-def mixture_settings(params: Params) -> dict[str, int]:
-    """What evaluate@<beta> fits the ex-post mixture with: saved beside it, checked by figures@<beta>, which draws
-    from it."""
+def sampler_settings(params: Params) -> dict[str, int]:
+    """What sampler@<beta> fits the ex-post mixture with: saved beside it, checked by every stage that draws from
+    it."""
     return {"components": params.sampling.gmm_components, "iterations": params.sampling.gmm_iterations,
             "seed": params.seed}
+
+
+def find_beta(beta: str, root: Path = Path(".")) -> BetaPaths:
+    """The paths of a trained beta, for a beta as a user types it: the tag as typed, else as DVC prints it ('5'
+    for 5.0, '0.5'); raises FileNotFoundError naming the trained betas when there is no model."""
+    tags = [beta]
+    try:
+        tags += [f"{float(beta):g}", str(float(beta))]
+    except ValueError:
+        raise ValueError(f"--beta must be a number, got {beta!r}") from None
+    for tag in dict.fromkeys(tags):  # ordered, without duplicates
+        if BetaPaths(tag, root).model.is_file():
+            return BetaPaths(tag, root)
+    trained = sorted(p.parent.name for p in (root / "models").glob("beta_*/model.pt")) or ["none"]
+    raise FileNotFoundError(f"no model for β = {beta}: {BetaPaths(tags[0], root).model} not found "
+                            f"(trained here: {', '.join(trained)}; run dvc repro)")
 
 
 def repo_root() -> Path:
@@ -145,3 +174,22 @@ def device() -> torch.device:
 def set_threads(n: int) -> None:
     """Use n intra-op threads (0 = all cores)."""
     torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+class StaleSamplerError(RuntimeError):
+    """The sampler file was fitted with other settings or to another model's codes; the message says what to run."""
+
+
+def load_sampler(paths: BetaPaths, params: Params | None = None):
+    """The ex-post mixture sampler@<beta> fitted for the model in paths.model. Raises StaleSamplerError when it was
+    fitted to another model or (given params) with other settings than params.yaml's."""
+    from vaelab import density, storage  # the layout itself needs neither
+
+    state, settings = storage.load_state(paths.sampler)
+    expected = {"model_md5": storage.weights_md5(paths.model)}
+    if params is not None:
+        expected |= sampler_settings(params)
+    if {k: settings.get(k) for k in expected} != expected:
+        raise StaleSamplerError(f"{paths.sampler} was fitted with {settings}, not with {expected}; run "
+                                f"`dvc repro sampler@{paths.tag}` first")
+    return density.GaussianMixture(**state)

@@ -1,11 +1,12 @@
 """`python -m vaelab.stages.preset NAME`: run one recipe of params.yaml's `presets` section, outside dvc.yaml.
 
-Presets are what the default run is compared with (the `baseline` plain VAE, and the ablation steps between it and
-the default), so they are kept out of the DAG: `dvc repro` never pays for them. For each beta of the preset this
-trains a model into presets/NAME/ (the train stage's code: checkpoints, MLflow run `NAME/beta=B`, registry alias
-`NAME-beta-B`), evaluates it with the default pipeline's judge and evaluation (the evaluate stage's code), and
-finally writes reports/presets/NAME.json, the small git-tracked file the report stage reads for its baseline
-column and ablation table. Needs the default pipeline's `download` and `judge` outputs (`dvc repro judge`).
+Presets are what the default run is compared with (the `baseline` plain VAE, the ablation steps, and the
+multi-seed run that measures the seed-to-seed spread), so they are kept out of the DAG: `dvc repro` never pays for
+them. For each seed and beta of the preset this trains a model into presets/NAME/ (the train stage's code:
+checkpoints, MLflow run `NAME/beta=B`), fits its sampler (registry alias `NAME-beta-B`), evaluates it with the
+default pipeline's judge and evaluation (the evaluate stage's code), and finally writes reports/presets/NAME.json,
+the small git-tracked file the report stage reads. Needs the default pipeline's `download` and `judge` outputs
+(`dvc repro judge`).
 """
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from pathlib import Path
 import torch
 
 from vaelab import metrics, plots, storage, tracking
+from vaelab.model import load_model
 from vaelab.params import ParamsError, load_params, load_presets, to_dict
-from vaelab.stages import evaluate, layout, train
+from vaelab.stages import evaluate, layout, sampler, train
 
 
 def save_prior_grid(model_file: Path, params, out: Path) -> None:
     """The figures stage's prior grid for a preset's model: the same seeded codes z ~ N(0, I) as every default
     model decodes, so the report can put the two grids side by side."""
-    model, _ = storage.load_model(model_file, layout.device())
+    model, _ = load_model(model_file, layout.device())
     n = params.figures.grid_size**2
     z = torch.randn(n, model.cfg.latent_dim, generator=torch.Generator().manual_seed(params.seed))
     with torch.no_grad():
@@ -46,33 +48,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preset: no preset {args.name!r} in {layout.PARAMS_FILE} (presets: {', '.join(presets) or 'none'})",
               file=sys.stderr)
         return 2
-    description, params = presets[args.name]
-    batches = Path(params.data.root) / layout.BATCHES
+    description, per_seed = presets[args.name]
+    first = per_seed[0]
+    batches = Path(first.data.root) / layout.BATCHES
     for need, stage in ((batches, "download"), (layout.JUDGE_MODEL, "judge")):
         if not need.exists():
             print(f"preset: {need} is missing; run `dvc repro {stage}` first (a preset is judged by the default "
                   f"pipeline's judge)", file=sys.stderr)
             return 2
-    layout.set_threads(params.train.threads)
-    root = Path("presets") / args.name
+    layout.set_threads(first.train.threads)
     rows = []
-    for beta in params.train.betas:
-        paths = layout.BetaPaths(f"{beta:g}", root)
-        print(f"preset {args.name}: β = {beta:g} -> {root}")
-        for step in (lambda: train.run(params, beta, paths, preset=args.name),
-                     lambda: evaluate.run(params, beta, paths)):
-            status = step()
-            if status != 0:
-                return status
-        grid = layout.PRESET_RESULTS / f"{args.name}_beta_{paths.tag}.png"
-        save_prior_grid(paths.model, params, grid)
-        rows.append({"beta": beta, "train": storage.read_json(paths.train_metrics),
-                     "eval": storage.read_json(paths.eval_metrics), "prior_samples": grid.name})
+    for params in per_seed:
+        # One seed keeps the layout presets/NAME/...; several get a folder each.
+        root = Path("presets") / args.name / (f"seed_{params.seed}" if len(per_seed) > 1 else "")
+        name = args.name if len(per_seed) == 1 else f"{args.name}-seed-{params.seed}"
+        for beta in params.train.betas:
+            paths = layout.BetaPaths(f"{beta:g}", root)
+            print(f"preset {args.name}: seed {params.seed}, β = {beta:g} -> {root}")
+            for step in (lambda: train.run(params, beta, paths, preset=name),
+                         lambda: sampler.run(params, beta, paths, preset=name),
+                         lambda: evaluate.run(params, beta, paths)):
+                status = step()
+                if status != 0:
+                    return status
+            row = {"beta": beta, "seed": params.seed, "train": storage.read_json(paths.train_metrics),
+                   "eval": storage.read_json(paths.eval_metrics)}
+            if len(per_seed) == 1:
+                grid = layout.PRESET_RESULTS / f"{args.name}_beta_{paths.tag}.png"
+                save_prior_grid(paths.model, params, grid)
+                row["prior_samples"] = grid.name
+            rows.append(row)
     out = {
         "preset": args.name,
         "description": description,
-        "model": to_dict(params.model),
-        "train": to_dict(params.train),
+        "model": to_dict(first.model),
+        "train": to_dict(first.train),
+        "data": {"subset": first.data.subset},
+        "seeds": [p.seed for p in per_seed],
         "git_commit": tracking.git_commit(layout.repo_root()),
         # The evaluation it was measured with: the report flags a preset judged by another judge.
         "judge_md5": storage.weights_md5(layout.JUDGE_MODEL),

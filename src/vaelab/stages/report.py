@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from matplotlib.image import imread
 import pandas as pd
 
 from vaelab import plots, report, storage
@@ -51,28 +52,25 @@ def choices(params: Params) -> list[str]:
     lik = {"logistic": "a per-pixel discretized logistic over the 256 intensity levels (mean and scale per "
                        "pixel and channel), so the reconstruction term is an exact discrete log-likelihood",
            "gaussian": "a discretized Gaussian with one learned global σ (σ-VAE style)"}[m.likelihood]
+    objective = "−log p(x|z) + β · KL(q(z|x) ‖ N(0, I)), the KL in closed form: the β-VAE objective"
+    if m.prior_flows:
+        objective = (f"−log p(x|z) + β · KL(q(z|x) ‖ p(z)) with a learned prior p(z): N(0, I) pushed through "
+                     f"{m.prior_flows} affine couplings (RealNVP), the KL a single-sample estimate")
+    if t.mmd_weight > 0:
+        objective += f", plus {t.mmd_weight:g} · MMD(codes, N(0, I)) (InfoVAE)"
     return [
+        f"Loss: {objective}; β multiplies the KL only.",
         f"Latent size z = {m.latent_dim}; encoder and decoder are convolutional with widths {list(m.widths)} "
         f"(32 → 16 → 8 → 4 pixels) and {m.res_blocks} residual block(s) per resolution.",
-        "Prior p(z): " + (
-            f"N(0, I) pushed through {m.prior_flows} affine coupling layers (RealNVP; MLPs of width {m.prior_hidden}), "
-            "trained jointly through the KL term, which is then the single-sample estimate -H[q(z|x)] - log p(z). "
-            "The prior moves its mass onto the codes the encoder uses, so decoded N(0, I) noise lands where the "
-            "decoder has learned to draw; every N(0, I) sample, grid and interpolation goes through it."
-            if m.prior_flows else "N(0, I); the KL has its closed form."),
         f"Decoder likelihood: {lik}.",
         f"AdamW, learning rate {t.lr:g} with {t.warmup_steps} warm-up steps and cosine decay, batch {t.batch_size}, "
         f"{t.epochs} epochs, gradient-norm clip {t.grad_clip:g}, bf16 autocast: {t.bf16}.",
         "KL warm-up: " + (f"β ramps up linearly over the first {t.kl_warmup_epochs:g} epochs."
                           if t.kl_warmup_epochs > 0 else "none (β applies from the first step)."),
-        "Aggregate-posterior term: " + (
-            f"MMD(q(z), N(0, I)) weighted {t.mmd_weight:g} (InfoVAE), so that the codes of the training images fill "
-            "the prior that samples are drawn from" + (
-                ", measured on the flow's noise side f^-1(z): a sample-based check beside the KL's mass-covering fit "
-                "of the flow." if m.prior_flows else ".") if t.mmd_weight > 0 else "none (plain β-VAE objective)."),
         "Weights evaluated and saved: " + (f"exponential moving average, decay {t.ema_decay:g}."
                                            if t.ema_decay > 0 else "the last step's."),
-        "Posterior log-variance clamped to [" + f"{m.logvar_min:g}, 8] so exp() stays finite.",
+        f"Ex-post sampler (stage `sampler`): a {params.sampling.gmm_components}-component full-covariance Gaussian "
+        "mixture fitted by EM to the posterior means of the training images (Ghosh et al. 2020).",
     ]
 
 
@@ -96,7 +94,11 @@ def main() -> int:
     setup = {"n_train": rows[0]["n_train"], "n_test": rows[0]["n_test_images"], "epochs": params.train.epochs,
              "seed": params.seed, "choices": choices(params)}
     kl = [(r["beta"], pd.read_csv(BetaPaths(r["tag"]).kl_per_dim)["kl_nats"].tolist()) for r in rows]
-    comparison = {"rate_distortion": plots.rate_distortion(rows), "kl_per_dim": plots.kl_bars(kl)}
+    traversals = plots.side_by_side(
+        [imread(BetaPaths(r["tag"]).figures / "traversals.png") for r in rows],
+        [f"β = {r['beta']:g}" for r in rows], "Traversals of the highest-KL dimensions around one test image's code")
+    comparison = {"rate_distortion": plots.rate_distortion(rows), "kl_per_dim": plots.kl_bars(kl),
+                  "traversals": traversals}
     links = {}
     for stem, fig in comparison.items():
         out = COMPARISON / f"{stem}.png"

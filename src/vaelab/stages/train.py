@@ -1,4 +1,4 @@
-"""DVC stage `train@<beta>`: train one VAE, log it to MLflow, save the model, history and summary metrics."""
+"""DVC stage `train@<beta>`: train one VAE, log its run to MLflow, save the model, history and summary metrics."""
 from __future__ import annotations
 
 import resource
@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from vaelab import data, storage, tracking
-from vaelab.model import VAE, Codec, count_parameters
+from vaelab.model import VAE
+from vaelab.precision import count_parameters
 from vaelab.params import flatten, to_dict
 from vaelab.stages import layout
 from vaelab.train import NonFiniteLossError, train
@@ -117,16 +118,11 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
             storage.write_json(paths.train_metrics, summary)
             tracking.log_metrics({"train_seconds": seconds})
             tracking.log_artifact(paths.history)
-            model_uri = tracking.log_model(Codec(model), (params.model.latent_dim,))
             description += f"; final test {last['test_bpd']:.3f} bits/dim"
             tracking.set_description(description)
-            alias = f"{preset}-" * bool(preset) + tracking.model_alias(beta)
-            version = tracking.register_model(model_uri, params.tracking.registered_model, alias, description)
+            # The model is logged and registered by sampler@<beta>, with the sampler it draws from.
             storage.write_json(paths.run_file, {"run_id": run_id, "run_name": run_name, "tracking_uri": uri,
-                                                "model_uri": model_uri,
-                                                "experiment": params.tracking.experiment,
-                                                "registered_model": params.tracking.registered_model,
-                                                "version": version, "alias": alias})
+                                                "experiment": params.tracking.experiment})
     except NonFiniteLossError as e:
         kept = f"; the last good checkpoint is kept in {paths.checkpoint}" if paths.checkpoint.is_file() else ""
         print(f"train: {e}{kept}", file=sys.stderr)

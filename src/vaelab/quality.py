@@ -1,0 +1,70 @@
+"""Sample quality as a classifier sees it: FCD and KID of its features against a reference set, its confidence and
+the entropy of its predicted classes, each headline number with a bootstrap interval. Independent of the VAE, so
+that the classifiers' stages (judge, audit) do not depend on the VAE's code."""
+from __future__ import annotations
+
+import torch
+
+from vaelab.intervals import bootstrap, with_interval
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets a (N, F) and b (M, F) (FID's formula):
+    |mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    c_a, c_b = torch.cov(a.T), torch.cov(b.T)
+    # Tr (C_a C_b)^(1/2) = sum sqrt(eig(C_a^(1/2) C_b C_a^(1/2))), a symmetric PSD matrix: stable via eigh.
+    evals, evecs = torch.linalg.eigh(c_a)
+    sqrt_a = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ c_b @ sqrt_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + torch.trace(c_a) + torch.trace(c_b) - 2 * cross)
+
+
+def kernel_distance(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+                    seed: int = 0) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018): unbiased MMD^2 with the kernel k(x, y) = (x.y / F + 1)^3, mean and standard
+    deviation over `subsets` random subsets of `subset_size` from each set (capped at the smaller set)."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = a.double(), b.double()
+    m = min(subset_size, len(a), len(b))
+    f = a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=gen)[:m]]
+        y = b[torch.randperm(len(b), generator=gen)[:m]]
+        k_xx, k_yy, k_xy = ((x @ x.T) / f + 1) ** 3, ((y @ y.T) / f + 1) ** 3, ((x @ y.T) / f + 1) ** 3
+        # Unbiased: the diagonals (k(x, x)) are left out of the within-set means.
+        mmd = ((k_xx.sum() - k_xx.diagonal().sum()) + (k_yy.sum() - k_yy.diagonal().sum())) / (m * (m - 1)) \
+            - 2 * k_xy.mean()
+        values.append(float(mmd))
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def class_entropy(probs: torch.Tensor, n_classes: int = 10) -> float:
+    """Entropy in bits of the histogram of predicted classes (argmax of probs (N, C)); log2(C) = all classes
+    equally often, 0 = one class."""
+    p = torch.bincount(probs.argmax(1), minlength=n_classes).double() / len(probs)
+    p = p[p > 0]
+    return max(0.0, float(-(p * p.log2()).sum()))  # max: no "-0.0"
+
+
+def sample_quality(feats: torch.Tensor, probs: torch.Tensor, ref_feats: torch.Tensor, kid_subsets: int = 100,
+                   kid_subset_size: int = 1000, seed: int = 0, reps: int = 0) -> dict[str, float]:
+    """The judge's verdict on a set of images: fcd and kid (+ kid_std, the spread over subsets) of their features
+    (N, F) against reference features (M, F), judge_confidence (mean max softmax of probs (N, C)) and
+    class_entropy (bits). With reps > 0, fcd, judge_confidence and class_entropy get 95% bootstrap intervals
+    (`_lo`, `_hi`): the images and the reference images resampled independently (evaluation noise)."""
+    kid, kid_std = kernel_distance(feats, ref_feats, kid_subsets, kid_subset_size, seed)
+    confidence = probs.max(1).values.double()  # (N,)
+    out = {"fcd": frechet_distance(feats, ref_feats), "kid": kid, "kid_std": kid_std,
+           "judge_confidence": float(confidence.mean()), "class_entropy": class_entropy(probs)}
+    if reps > 0:
+        out |= with_interval("fcd", out["fcd"], bootstrap(lambda i, j: frechet_distance(feats[i], ref_feats[j]),
+                                                          [len(feats), len(ref_feats)], reps, seed))
+        out |= with_interval("judge_confidence", out["judge_confidence"],
+                             bootstrap(lambda i: float(confidence[i].mean()), [len(probs)], reps, seed + 1))
+        out |= with_interval("class_entropy", out["class_entropy"],
+                             bootstrap(lambda i: class_entropy(probs[i]), [len(probs)], reps, seed + 2))
+    return out
