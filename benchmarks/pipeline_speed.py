@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from vaelab import judge, metrics
+from vaelab import judge, metrics, organisation
 from vaelab.model import VAE
 from vaelab.params import load_params
 from vaelab.train import train
@@ -65,7 +65,7 @@ def main() -> None:
     e = p.evaluate
     (mu, logvar), t_enc = timed(lambda: metrics.encode(model, torch.cat([x, xt]), device, e.batch_size))
     _, t_iw = timed(lambda: metrics.iw_log_likelihood(model, xt[: e.iw_images], device, e.iw_samples, e.batch_size))
-    _, t_tc = timed(lambda: metrics.total_correlation(mu[-n_test:], logvar[-n_test:], min(e.tc_batch_size, n_test)))
+    _, t_tc = timed(lambda: organisation.sampled_total_correlation(mu[-n_test:], logvar[-n_test:], min(e.tc_batch_size, n_test)))
     _, t_judge = timed(lambda: [judge.predict(jmodel, xt, device) for _ in range(3)])  # samples, recons, test
     evaluate = t_enc + t_iw + t_tc + t_judge
     print(f"evaluate pieces: encode {t_enc:.1f} s, IW bound {t_iw:.1f} s, TC {t_tc:.1f} s, judge scoring {t_judge:.1f} s")

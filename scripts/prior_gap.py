@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from vaelab import data, judge, metrics, storage
+from vaelab import data, judge, metrics, quality, storage
+from vaelab.model import load_model
 from vaelab.params import JudgeConfig, from_dict, load_params
 from vaelab.stages import layout
 
@@ -53,7 +54,7 @@ def main() -> None:
     layout.set_threads(params.train.threads)
     device = layout.device()
     model_path = args.model or layout.BetaPaths(args.beta).model
-    model, config = storage.load_model(model_path, device)
+    model, config = load_model(model_path, device)
     bf16 = config["train"]["bf16"]
     state, judge_config = storage.load_state(layout.JUDGE_MODEL, device)
     judge_cfg = from_dict(JudgeConfig, judge_config["judge"])
@@ -87,7 +88,7 @@ def main() -> None:
     for name, z in sets.items():
         images = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
         feats, probs = judge.predict(judge_net, images, device, bf16=judge_cfg.bf16)
-        q = metrics.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, params.seed)
+        q = quality.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, params.seed)
         print(f"| {name} | {nn_distance(z, mu):.2f} | {q['fcd']:.2f} | {q['kid']:.3f} | {q['judge_confidence']:.3f} "
               f"| {q['class_entropy']:.2f} |", flush=True)
 

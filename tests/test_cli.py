@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab import cli, data, storage, tracking
-from vaelab.model import VAE, Codec
+from vaelab import cli, data, density, storage, tracking
+from vaelab.model import VAE, Codec, load_model
 from vaelab.params import ModelConfig, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,10 +176,46 @@ def test_beta_shorthand_finds_the_model_folder(model_file, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     Path("models/beta_1").mkdir(parents=True)
     Path("models/beta_1/model.pt").write_bytes(model_file.read_bytes())
-    assert cli.beta_model_path("1.0") == Path("models/beta_1/model.pt")  # the folder is named as DVC prints 1.0
+    assert cli.beta_paths("1.0").model == Path("models/beta_1/model.pt")  # the folder is named as DVC prints 1.0
     assert run_cli(["sample", "--beta", "1", "--out", "s.png"], capsys)[0] == 0 and Path("s.png").is_file()
     code, err = run_cli(["sample", "--beta", "5", "--out", "t.png"], capsys)
     assert code == 2 and "no model for β = 5" in err and "beta_1" in err
+
+
+@pytest.fixture(scope="module")
+def sampler_file(model_file, tmp_path_factory) -> Path:
+    """A 2-component mixture on the tiny model's latent space, saved as sampler@<beta> saves it."""
+    gmm = density.fit_gmm(3 * torch.randn(200, CFG.latent_dim, generator=torch.Generator().manual_seed(1)), 2, 10)
+    path = tmp_path_factory.mktemp("sampler") / "sampler.pt"
+    storage.save_state(path, density.to_state(gmm), {"model_md5": storage.weights_md5(model_file)})
+    return path
+
+
+def test_sample_draws_from_the_sampler_when_the_model_has_one(model_file, sampler_file, codec, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert run_cli(["sample", "--model", model_file, "--sampler", sampler_file, "--n", 4, "--seed", 2, "--nrow", 4,
+                    "--upscale", 1, "--out", out], capsys)[0] == 0
+    state, _ = storage.load_state(sampler_file)
+    z = density.sample(density.GaussianMixture(**state), 4, torch.Generator().manual_seed(2))
+    expected = as_uint8(cli.decode(codec, z))
+    for k in range(4):
+        np.testing.assert_array_equal(tile_at(png(out), 0, k), expected[k])
+    # --prior decodes z ~ N(0, I) instead; a temperature without --prior is refused.
+    prior = tmp_path / "p.png"
+    assert run_cli(["sample", "--model", model_file, "--sampler", sampler_file, "--prior", "--n", 4, "--seed", 2,
+                    "--nrow", 4, "--upscale", 1, "--out", prior], capsys)[0] == 0
+    assert not np.array_equal(png(prior), png(out))
+    code, err = run_cli(["sample", "--model", model_file, "--sampler", sampler_file, "--temperature", "0.5",
+                         "--out", tmp_path / "t.png"], capsys)
+    assert code == 2 and "add --prior" in err
+
+
+def test_a_sampler_of_another_model_is_refused(sampler_file, tmp_path, capsys):
+    torch.manual_seed(7)
+    other = tmp_path / "other.pt"
+    storage.save_model(other, VAE(CFG), {"model": to_dict(CFG), "seed": 7, "data": {"subset": 0}})
+    code, err = run_cli(["sample", "--model", other, "--sampler", sampler_file, "--out", tmp_path / "x.png"], capsys)
+    assert code == 2 and "fitted to another model's codes" in err and not (tmp_path / "x.png").exists()
 
 
 # {model}, {registry} and {tmp} are filled in per test; every case must exit 2 with the message.

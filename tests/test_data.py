@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_TARBALL, make_archive
+from conftest import SHARED_TARBALL, make_archive, need_dataset
 from vaelab import data
 
 
@@ -121,8 +121,8 @@ def test_unit_scale_roundtrip():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_TARBALL.is_file(), reason="needs ../shared/cifar10")
 def test_real_cifar10_copy(tmp_path):
+    need_dataset()
     target = tmp_path / data.BATCHES_DIR
     data.prepare([SHARED_TARBALL], "http://nowhere", "0" * 32, target, fetch=unreachable)
     ds = data.load(target)

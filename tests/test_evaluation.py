@@ -1,6 +1,6 @@
 """Evaluation metrics (FCD, KID, total correlation, active units, linear probe, class entropy, the
-importance-weighted bound, the judge's sample quality) and the factor transforms and scores, on inputs whose
-answer is known."""
+importance-weighted bound, the judge's sample quality, bootstrap intervals) and the factor transforms, their
+concentration and readability scores, on inputs whose answer is known."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from vaelab.data import to_unit
-from vaelab.factors import (brightness, factor_response, factor_score, factor_transforms, hflip, hue_rotation,
-                            shares, shift)
+from vaelab.factors import (Factor, affine, brightness, factor_codes, factor_metrics, factor_score, factor_transforms,
+                            hflip, hue_rotation, saturation, shares, shift, squared_changes)
+from vaelab.intervals import bootstrap, direction, mean_interval
 from vaelab.loss import recon_nll
-from vaelab.metrics import (active_units, class_entropy, evaluate, frechet_distance, iw_log_likelihood,
-                            kernel_distance, linear_probe, sample_quality, total_correlation)
+from vaelab.metrics import iw_log_likelihood, likelihood_metrics, linear_probe, per_image
+from vaelab.organisation import (active_units, aggregate_covariance, gaussian_total_correlation,
+                                 organisation_metrics, sampled_total_correlation, threshold_key)
+from vaelab.quality import class_entropy, frechet_distance, kernel_distance, sample_quality
 from vaelab.model import VAE
 from vaelab.params import EvaluateConfig, ModelConfig
 
@@ -119,16 +122,17 @@ def test_kernel_distance_same_distribution_near_zero_shifted_positive():
 # ---------------------------------------------------------------- Total correlation
 
 
-def test_total_correlation_independent_codes_near_zero():
+def test_sampled_total_correlation_independent_codes_near_zero():
     n, d = 2000, 4
     mu = torch.randn(n, d, generator=gen(0)) * math.sqrt(0.5)
     logvar = torch.full((n, d), math.log(0.5))
-    tc = total_correlation(mu, logvar, batch_size=n)
+    tc, self_weight = sampled_total_correlation(mu, logvar, batch_size=n)
     # What is left is the finite-N dependence of the N-component aggregate posterior (~0.04 nats, ~1/N).
     assert abs(tc) < 0.05
+    assert self_weight < 0.05  # wide posteriors overlap: every code's density is carried by many others
 
 
-def test_total_correlation_correlated_codes_matches_gaussian_answer():
+def test_sampled_total_correlation_correlated_codes_matches_gaussian_answer():
     n, d = 2000, 4
     shared = torch.randn(n, 1, generator=gen(0))
     mu = shared + 0.1 * torch.randn(n, d, generator=gen(1))
@@ -137,15 +141,64 @@ def test_total_correlation_correlated_codes_matches_gaussian_answer():
     # two dimensions, TC = -1/2 log det R, det R = (1 - rho)^(d-1) (1 + (d-1) rho).
     rho = 1 / 1.02
     expected = -0.5 * math.log((1 - rho) ** (d - 1) * (1 + (d - 1) * rho))  # ~5.21 nats
-    tc = total_correlation(mu, logvar, batch_size=n)
-    assert tc > 0.5
+    tc, _ = sampled_total_correlation(mu, logvar, batch_size=n)
     assert tc == pytest.approx(expected, abs=0.25)
     # Smaller minibatches (and a partial last one dropped) still run and give a finite, similar estimate.
-    tc_small = total_correlation(mu, logvar, batch_size=300, chunk=50)
+    tc_small, _ = sampled_total_correlation(mu, logvar, batch_size=300, chunk=50)
     assert math.isfinite(tc_small) and tc_small == pytest.approx(expected, abs=0.5)
-    mu_ind = torch.randn(n, d, generator=gen(2)) * math.sqrt(0.5)
-    tc_ind = total_correlation(mu_ind, torch.full((n, d), math.log(0.5)), batch_size=500)
-    assert math.isfinite(tc_ind) and tc_ind < 0.2
+    # The Gaussian estimate of the aggregate posterior gives the same closed form.
+    assert gaussian_total_correlation(aggregate_covariance(mu, logvar)) == pytest.approx(expected, abs=0.15)
+
+
+def test_sampled_total_correlation_saturates_with_narrow_posteriors_and_says_so():
+    """Independent dimensions, but posteriors far narrower than the spacing of the codes: the sampled estimate
+    follows the rate (it sees each code's own posterior alone) while the true TC is 0; the self-weight flags it,
+    and the Gaussian estimate stays at 0."""
+    n, d = 1000, 8
+    mu = torch.randn(n, d, generator=gen(0))
+    logvar = torch.full((n, d), math.log(1e-6))
+    tc, self_weight = sampled_total_correlation(mu, logvar, batch_size=n)
+    assert tc > 10 and self_weight > 0.99
+    assert abs(gaussian_total_correlation(aggregate_covariance(mu, logvar))) < 0.05
+
+
+def test_gaussian_total_correlation_known_answers():
+    assert gaussian_total_correlation(torch.diag(torch.tensor([1.0, 4.0, 0.01], dtype=torch.float64))) == \
+        pytest.approx(0.0, abs=1e-12)
+    # Two dimensions with correlation r: TC = mutual information = -1/2 log(1 - r^2); the scales do not matter.
+    for r in (0.3, 0.9):
+        cov = torch.tensor([[4.0, r * 2 * 0.5], [r * 2 * 0.5, 0.25]], dtype=torch.float64)
+        assert gaussian_total_correlation(cov) == pytest.approx(-0.5 * math.log(1 - r * r), rel=1e-9)
+    # Codes: independent -> ~0 (finite-N bias ~ D(D-1)/4N), known correlation -> its closed form.
+    z = torch.randn(20000, 6, generator=gen(1))
+    assert abs(gaussian_total_correlation(aggregate_covariance(z, torch.full_like(z, -20.0)))) < 0.01
+    mixed = torch.cat([z[:, :1], 0.6 * z[:, :1] + 0.8 * z[:, 1:2]], 1)  # correlation 0.6
+    tc = gaussian_total_correlation(aggregate_covariance(mixed, torch.full_like(mixed, -20.0)))
+    assert tc == pytest.approx(-0.5 * math.log(1 - 0.36), abs=0.01)
+
+
+def test_aggregate_covariance_adds_the_mean_posterior_variance():
+    mu = torch.randn(5000, 3, generator=gen(2))
+    logvar = torch.log(torch.tensor([0.5, 1.0, 2.0])).expand(5000, 3)
+    cov = aggregate_covariance(mu, logvar)
+    torch.testing.assert_close(cov - torch.diag(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)),
+                               torch.cov(mu.double().T, correction=0))
+    # Extra posterior noise dilutes a correlation between the means.
+    shared = torch.randn(5000, 1, generator=gen(3))
+    both = shared.repeat(1, 2)
+    assert gaussian_total_correlation(aggregate_covariance(both + 1e-3 * torch.randn(5000, 2, generator=gen(4)),
+                                                           torch.full((5000, 2), math.log(1.0)))) == \
+        pytest.approx(-0.5 * math.log(1 - 0.25), abs=0.02)  # r = 1 / (1 + 1)
+
+
+def test_organisation_metrics_carry_intervals_that_cover_the_estimate():
+    mu = torch.randn(2000, 4, generator=gen(5))
+    mu[:, 3] *= 0.2  # variance 0.04: active at 0.01, not at 0.1
+    out = organisation_metrics(mu, torch.full_like(mu, -2.0), (0.01, 0.1), reps=50, seed=0)
+    assert out[threshold_key(0.01)] == 4 and out[threshold_key(0.1)] == 3
+    for key in ("total_correlation", "active_units_0p01", "active_units_0p1"):
+        assert out[f"{key}_lo"] <= out[key] <= out[f"{key}_hi"], key
+    assert threshold_key(0.5) == "active_units_0p5" and threshold_key(1e-3) == "active_units_0p001"
 
 
 # ---------------------------------------------------------------- Active units
@@ -171,14 +224,16 @@ def test_linear_probe_separable_and_chance():
     y_te = torch.arange(500) % n_classes
     x_tr = means[y_tr] + torch.randn(1000, d, generator=gen(1))
     x_te = means[y_te] + torch.randn(500, d, generator=gen(2))
-    assert linear_probe(x_tr, y_tr, x_te, y_te, steps=100) > 0.95
+    correct = linear_probe(x_tr, y_tr, x_te, y_te, steps=100)
+    assert correct.shape == (len(y_te),) and set(correct.unique().tolist()) <= {0.0, 1.0}
+    assert float(correct.mean()) > 0.95
     # The test features are standardised with the train statistics: a test set of one class still works.
     one = y_te == 3
-    assert linear_probe(x_tr, y_tr, x_te[one], y_te[one], steps=100) > 0.95
+    assert float(linear_probe(x_tr, y_tr, x_te[one], y_te[one], steps=100).mean()) > 0.95
     # Features independent of the labels: chance (0.1) on held-out data.
     noise_tr = torch.randn(1000, d, generator=gen(3))
     noise_te = torch.randn(500, d, generator=gen(4))
-    assert linear_probe(noise_tr, y_tr, noise_te, y_te, steps=100) < 0.3
+    assert float(linear_probe(noise_tr, y_tr, noise_te, y_te, steps=100).mean()) < 0.3
 
 
 # ---------------------------------------------------------------- Class entropy and the judge's summary
@@ -210,6 +265,40 @@ def test_sample_quality_keys_and_values():
     kid, kid_std = kernel_distance(feats, ref, 5, 100, 3)
     assert (q["kid"], q["kid_std"]) == pytest.approx((kid, kid_std))
     assert q["class_entropy"] == pytest.approx(class_entropy(probs))
+    with_ci = sample_quality(feats, probs, ref, kid_subsets=5, kid_subset_size=100, seed=3, reps=50)
+    for key in ("fcd", "judge_confidence", "class_entropy"):
+        assert with_ci[f"{key}_lo"] < with_ci[key] < with_ci[f"{key}_hi"], key
+
+
+# ---------------------------------------------------------------- Bootstrap intervals and their wording
+
+
+def test_bootstrap_interval_of_a_mean_has_the_textbook_width():
+    x = torch.randn(4000, generator=gen(0), dtype=torch.float64)
+    mean, (lo, hi) = mean_interval(x, reps=400, seed=1)
+    assert mean == pytest.approx(float(x.mean()))
+    assert lo < mean < hi
+    assert hi - lo == pytest.approx(2 * 1.96 / math.sqrt(4000), rel=0.15)
+
+
+def test_bootstrap_removes_the_bias_of_a_plug_in_statistic():
+    """FCD of two samples of the same distribution is biased upwards by the finite sample, and a resample with
+    duplicates more so; the interval is centred on the full-data estimate, as wide as the bootstrap's spread."""
+    a = torch.randn(2000, 16, generator=gen(1))
+    b = torch.randn(2000, 16, generator=gen(2))
+    fcd = frechet_distance(a, b)
+    lo, hi = bootstrap(lambda i, j: frechet_distance(a[i], b[j]), [len(a), len(b)], reps=100, seed=0)
+    assert lo < fcd < hi
+
+
+def test_direction_only_where_intervals_separate():
+    a = {"m": 10.0, "m_lo": 9.0, "m_hi": 11.0}
+    assert direction(a, {"m": 12.5, "m_lo": 11.5, "m_hi": 13.5}, "m") == "higher"
+    assert direction(a, {"m": 7.0, "m_lo": 6.0, "m_hi": 8.0}, "m") == "lower"
+    assert direction(a, {"m": 11.5, "m_lo": 10.5, "m_hi": 12.5}, "m") == "no measurable difference"
+    # Separated intervals, but within twice the measured seed-to-seed spread: no direction either.
+    assert direction(a, {"m": 12.5, "m_lo": 11.5, "m_hi": 13.5}, "m", spread=1.5) == "no measurable difference"
+    assert direction(a, {"m": 12.5, "m_lo": 11.5, "m_hi": 13.5}, "m", spread=1.0) == "higher"
 
 
 # ---------------------------------------------------------------- Importance-weighted bound
@@ -230,7 +319,7 @@ def test_iw_log_likelihood_shape_and_elbo_on_untrained_model(prior_flows):
     assert float(iw1.std()) > 10
     assert float((iw32 - iw1).abs().max()) < 3
     # k = 1 is a one-sample ELBO: its mean agrees with evaluate's negative ELBO (nats per image).
-    metrics, _ = evaluate(model, x, CPU, batch_size=8, bf16=False)
+    metrics = likelihood_metrics(per_image(model, x, CPU, batch_size=8, bf16=False), reps=10, seed=0)
     assert -float(iw1.double().mean()) == pytest.approx(metrics["test_neg_elbo_nats"], abs=1.0)
 
 
@@ -303,22 +392,57 @@ def test_brightness_adds_and_clips():
     assert brightness(x, 0.1).dtype == torch.uint8
 
 
+def test_saturation_keeps_grey_and_scales_colour():
+    x = random_images(4, seed=4, low=100, high=156)  # in gamut for factors up to 2
+    assert torch.equal(saturation(x, 1.0), x)
+    grey = saturation(x, 0.0).int()
+    assert (grey.max(1).values - grey.min(1).values).max() == 0  # every pixel grey
+    y = saturation(x, 2.0).float()
+    assert (y.mean(1) - x.float().mean(1)).abs().max() <= 1.0  # each pixel's grey level kept
+    dev = lambda v: (v.float() - v.float().mean(1, keepdim=True)).abs().mean()  # noqa: E731
+    assert float(dev(y)) == pytest.approx(2 * float(dev(x)), rel=0.02)
+
+
+def test_vertical_shift_moves_rows():
+    x = random_images(2, seed=5)
+    assert torch.equal(shift(x, 2, axis=2)[:, :, 2:], x[:, :, :-2])
+    assert torch.equal(shift(x, -3, axis=2)[:, :, :-3], x[:, :, 3:])
+
+
+def test_rotation_and_scale_known_answers():
+    x = random_images(3, seed=6)
+    assert (affine(x).int() - x.int()).abs().max() <= 1  # identity, up to rounding
+    # A quarter turn of the pixel grid is exact (pixel centres map onto pixel centres), counter-clockwise.
+    assert (affine(x, degrees=90).int() - torch.rot90(x, 1, (2, 3)).int()).abs().max() <= 1
+    # Zoom: a centred bright square of side 8 grows to side ~16 at scale 2 and shrinks to ~4 at 0.5 (counted in
+    # the central 16 x 16 pixels: zooming out also shows reflected copies beyond them).
+    sq = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    sq[..., 12:20, 12:20] = 255
+    area = lambda v: float((v[0, 0, 8:24, 8:24].float() > 127).sum())  # noqa: E731
+    assert area(affine(sq, scale=2.0)) == pytest.approx(256, rel=0.15)
+    assert area(affine(sq, scale=0.5)) == pytest.approx(16, rel=0.3)
+
+
 def test_factor_transforms_levels_from_config():
     x = random_images(2, seed=3)
     default = factor_transforms(EvaluateConfig())
-    assert set(default) == {"brightness", "hue", "flip", "shift"}
-    assert [len(default[k]) for k in ("brightness", "hue", "flip", "shift")] == [4, 4, 1, 4]
-    cfg = EvaluateConfig(brightness_levels=(0.15, -0.05), hue_levels_deg=(10.0, 20.0, 90.0), shift_levels_px=(1, -4))
+    assert list(default) == ["brightness", "hue", "saturation", "flip", "shift", "vshift", "rotation", "scale"]
+    assert [len(default[k].levels) for k in default] == [4, 4, 4, 1, 4, 4, 4, 4]
+    assert (default["scale"].identity, default["saturation"].identity, default["rotation"].identity) == (1, 1, 0)
+    cfg = EvaluateConfig(brightness_levels=(0.15, -0.05), hue_levels_deg=(10.0, 20.0, 90.0), shift_levels_px=(1, -4),
+                         rotation_levels_deg=(15.0,), scale_levels=(0.9, 1.2))
     t = factor_transforms(cfg)
-    assert [len(t[k]) for k in ("brightness", "hue", "flip", "shift")] == [2, 3, 1, 2]
+    assert [len(t[k].levels) for k in ("brightness", "hue", "flip", "shift", "rotation", "scale")] == [2, 3, 1, 2, 1, 2]
     # Each level is bound to its own value (no late binding of the loop variable).
-    for fn, delta in zip(t["brightness"], cfg.brightness_levels):
-        assert torch.equal(fn(x), brightness(x, delta))
-    for fn, deg in zip(t["hue"], cfg.hue_levels_deg):
-        assert torch.equal(fn(x), hue_rotation(x, deg))
-    for fn, px in zip(t["shift"], cfg.shift_levels_px):
+    for (level, fn), delta in zip(t["brightness"].levels, cfg.brightness_levels):
+        assert level == delta and torch.equal(fn(x), brightness(x, delta))
+    for (level, fn), deg in zip(t["hue"].levels, cfg.hue_levels_deg):
+        assert level == deg and torch.equal(fn(x), hue_rotation(x, deg))
+    for (level, fn), px in zip(t["shift"].levels, cfg.shift_levels_px):
         assert torch.equal(fn(x), shift(x, px))
-    assert torch.equal(t["flip"][0](x), hflip(x))
+    for (level, fn), s_ in zip(t["scale"].levels, cfg.scale_levels):
+        assert level == s_ and torch.equal(fn(x), affine(x, scale=s_))
+    assert torch.equal(t["flip"].levels[0][1](x), hflip(x))
 
 
 # ---------------------------------------------------------------- Factor responses and scores
@@ -336,10 +460,18 @@ def stats_encoder(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+FACTORS = {"brightness": Factor(0.0, ((-0.1, lambda v: brightness(v, -0.1)), (0.1, lambda v: brightness(v, 0.1)))),
+           "flip": Factor(0.0, ((1.0, hflip),))}
+
+
+def response(encode, x):
+    base, changed = factor_codes(encode, x, FACTORS)
+    return {k: squared_changes(base, v).mean(0) for k, v in changed.items()}
+
+
 def test_factor_response_of_axis_aligned_encoder():
     x = gradient_images(200, seed=0)
-    transforms = {"brightness": [lambda v: brightness(v, -0.1), lambda v: brightness(v, 0.1)], "flip": [hflip]}
-    resp = factor_response(stats_encoder, x, transforms)
+    resp = response(stats_encoder, x)
     assert set(resp) == {"brightness", "flip"} and resp["brightness"].shape == (8,)
     # Brightness moves dim 0 by exactly +-0.1 (up to rounding to the 256 levels): response 0.01.
     assert float(resp["brightness"][0]) == pytest.approx(0.01, rel=1e-3)
@@ -352,16 +484,34 @@ def test_factor_response_of_axis_aligned_encoder():
 
 def test_factor_score_drops_for_rotated_encoder():
     x = gradient_images(200, seed=0)
-    transforms = {"brightness": [lambda v: brightness(v, -0.1), lambda v: brightness(v, 0.1)], "flip": [hflip]}
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen(0), dtype=torch.float64))
-    aligned = {k: factor_score(v) for k, v in factor_response(stats_encoder, x, transforms).items()}
-    rotated_resp = factor_response(lambda v: stats_encoder(v) @ q, x, transforms)
+    aligned = {k: factor_score(v) for k, v in response(stats_encoder, x).items()}
+    rotated_resp = response(lambda v: stats_encoder(v) @ q, x)
     rotated = {k: factor_score(v) for k, v in rotated_resp.items()}
-    for name in transforms:
+    for name in FACTORS:
         assert rotated[name] < 0.5 and rotated[name] < aligned[name] - 0.3, name
     # A rotation keeps the total response (the squared length of the change is invariant).
-    total = factor_response(stats_encoder, x, transforms)["flip"].sum()
+    total = response(stats_encoder, x)["flip"].sum()
     assert float(rotated_resp["flip"].sum()) == pytest.approx(float(total), rel=1e-9)
+
+
+def test_readability_reads_a_level_that_the_code_holds_and_not_one_it_lacks():
+    """Brightness is dim 0 of the encoder: its level is read back from the code almost exactly (R^2 ~ 1), under any
+    rotation of the code too. An encoder that sees only the left-right difference cannot read brightness (R^2 ~ 0)."""
+    x = gradient_images(400, seed=1)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen(0), dtype=torch.float64))
+    for encode in (stats_encoder, lambda v: stats_encoder(v) @ q):
+        base, changed = factor_codes(encode, x, FACTORS)
+        out, _ = factor_metrics(base, changed, FACTORS, l2=1e-6, reps=20, seed=0)
+        assert out["factor_r2_brightness"] > 0.98
+        assert out["factor_r2_brightness_lo"] <= out["factor_r2_brightness"] <= out["factor_r2_brightness_hi"]
+    blind = lambda v: stats_encoder(v)[:, 1:2]  # noqa: E731 - left minus right only
+    base, changed = factor_codes(blind, x, FACTORS)
+    out, resp = factor_metrics(base, changed, FACTORS, l2=1e-6, reps=20, seed=0)
+    assert out["factor_r2_brightness"] < 0.05
+    assert out["factor_r2"] == pytest.approx((out["factor_r2_brightness"] + out["factor_r2_flip"]) / 2)
+    assert out["factor_score"] == pytest.approx((out["factor_score_brightness"] + out["factor_score_flip"]) / 2)
+    assert set(resp) == set(FACTORS)
 
 
 def test_shares_and_factor_score_known_values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import REPO, SHARED_TARBALL
+from conftest import REPO, SHARED_TARBALL, need_dataset
 from vaelab.data import BATCHES_DIR, load, prepare
 from vaelab.judge import JudgeNet, accuracy, augment, predict, train_judge
 from vaelab.params import JudgeConfig, load_params
@@ -64,8 +64,7 @@ def test_judge_learns_a_separable_task():
 @pytest.mark.slow
 def test_judge_reaches_target_accuracy_on_cifar10(tmp_path):
     """The shipped judge recipe, trained on the full CIFAR-10 copy, classifies >= 85% of the test set."""
-    if not SHARED_TARBALL.is_file():
-        pytest.skip("needs the CIFAR-10 copy in ../shared/cifar10")
+    need_dataset()
     target = tmp_path / "data" / BATCHES_DIR
     prepare([SHARED_TARBALL], "http://127.0.0.1:9/unreachable", "0" * 32, target, 1.0)
     ds = load(target)

@@ -77,11 +77,11 @@ def shift(x: torch.Tensor, px: int, axis: int = 3) -> torch.Tensor:
 
 
 def affine(x: torch.Tensor, degrees: float = 0.0, scale: float = 1.0) -> torch.Tensor:
-    """Rotate uint8 images by `degrees` (counter-clockwise) and zoom them by `scale` (> 1 magnifies) about the
-    centre, bilinear, reflection at the borders."""
+    """Rotate uint8 images by `degrees` (counter-clockwise as displayed, rows running down) and zoom them by
+    `scale` (> 1 magnifies) about the centre, bilinear, reflection at the borders."""
     t = math.radians(degrees)
-    # affine_grid maps output coordinates to input ones: the inverse of the rotation and zoom.
-    theta = torch.tensor([[math.cos(t), math.sin(t), 0.0], [-math.sin(t), math.cos(t), 0.0]]) / scale
+    # affine_grid maps output (x right, y down) coordinates to input ones: the inverse of the rotation and zoom.
+    theta = torch.tensor([[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]]) / scale
     grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)  # (N, 32, 32, 2)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return _to_uint8(out)
