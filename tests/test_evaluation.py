@@ -496,8 +496,9 @@ def test_factor_score_drops_for_rotated_encoder():
 
 
 def test_readability_reads_a_level_that_the_code_holds_and_not_one_it_lacks():
-    """Brightness is dim 0 of the encoder: its level is read back from the code almost exactly (R^2 ~ 1), under any
-    rotation of the code too. An encoder that sees only the left-right difference cannot read brightness (R^2 ~ 0)."""
+    """Brightness is dim 0 of the encoder: its level is read back from the change of the code almost exactly
+    (R^2 ~ 1), under any rotation of the code too. An encoder that sees only the left-right difference does not
+    change with brightness, so its level cannot be read (R^2 ~ 0)."""
     x = gradient_images(400, seed=1)
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen(0), dtype=torch.float64))
     for encode in (stats_encoder, lambda v: stats_encoder(v) @ q):

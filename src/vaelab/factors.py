@@ -6,8 +6,10 @@ of the posterior mean, response_j = E_{x, level}[(mu_j(T(x)) - mu_j(x))^2], in s
 dimension has the same N(0, 1) prior, so the units are comparable). With share_j = response_j / sum_k response_k,
 the concentration score is share_(1) - share_(2), the gap between the most and second most responsive dimension
 (MIG-style, Chen et al. 2018): 1 when one dimension carries the whole change, near 0 when it is spread.
-Readability is the held-out R^2 of a ridge regression that reads the factor's level from mu of the changed image:
-1 when the level can be read linearly from the code, 0 when not at all.
+Readability is the held-out R^2 of a ridge regression that reads the factor's level from the change of the code,
+mu(T(x)) - mu(x): 1 when the code moves along a consistent direction by an amount that tells the level, 0 when the
+level cannot be read linearly from the change. (From mu(T(x)) alone the level of a shift or a rotation is not
+identifiable at all: the unchanged image is unknown.)
 """
 from __future__ import annotations
 
@@ -139,12 +141,12 @@ def ridge_r2(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
 
 
 def _readout_errors(base: torch.Tensor, changed: list[torch.Tensor], factor: Factor, l2: float) -> torch.Tensor:
-    """Ridge regression of the factor's level on mu, fitted on the first half of the images (every level, the
-    unchanged image included) and applied to the other half: per held-out image, the squared errors and squared
-    deviations summed over its levels, (2, M)."""
+    """Ridge regression of the factor's level on the change of mu, fitted on the first half of the images (every
+    level, the unchanged image included) and applied to the other half: per held-out image, the squared errors and
+    squared deviations summed over its levels, (2, M)."""
     n = len(base)
     half = n // 2
-    codes = [base, *changed]
+    codes = [torch.zeros_like(base), *(c - base for c in changed)]  # (N, D) each: the change of the code
     values = [factor.identity, *(v for v, _ in factor.levels)]
 
     def xs(rows: torch.Tensor) -> torch.Tensor:
@@ -165,7 +167,7 @@ def _r2(errors: torch.Tensor, rows: torch.Tensor) -> float:
 def factor_metrics(base: torch.Tensor, changed: dict[str, list[torch.Tensor]], factors: dict[str, Factor],
                    l2: float, reps: int, seed: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Per factor, the concentration score factor_score_<name> (over all images) and the readability
-    factor_r2_<name> (held-out R^2 of the level read from mu), and their means over factors factor_score and
+    factor_r2_<name> (held-out R^2 of the level read from the change of mu), and their means over factors factor_score and
     factor_r2, each with a 95% bootstrap interval over the images (one joint resample for the means); and the
     response (D,) of each factor. base: mu (N, D) of the unchanged images; changed: per factor, mu per level."""
     n = len(base)

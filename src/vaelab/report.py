@@ -410,7 +410,7 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "- **Concentration** and **readability** per controlled factor (table below): the factor is applied to "
         "test images at the levels in `params.yaml` (`evaluate`); concentration is the share of the most responsive "
         "dimension in Σ_j (Δμ_j)² minus that of the second (1: one dimension carries the factor), readability the "
-        "held-out R² of a ridge regression that reads the level from μ (1: linearly readable).",
+        "held-out R² of a ridge regression that reads the level from the change of μ (1: linearly readable).",
         "",
         factor_table(rows),
         "",
