@@ -140,6 +140,9 @@ def test_summary_names_a_direction_only_where_intervals_separate():
     assert "the mean readability of the factor levels 0.600 [0.594, 0.606] → 0.600 [0.594, 0.606]: no measurable " \
            "difference" in text
     assert "traded visual quality" in text and "for organisation" in text
+    assert "axis-aligned" not in text  # concentration 0.4: not small
+    small = report.summary([row(1, factor=0.005), row(5, factor=0.008)])
+    assert "Neither code is axis-aligned: the mean concentration stays at or below 0.008" in small
     # The same centres with wide intervals: every interval overlaps, so no direction and no trade is claimed.
     wide = report.summary([row(1, rate=120.0, psnr_db=21.0, fcd=40.0, tc=3.0, factor=0.2, half=0.9),
                            row(5, rate=30.0, psnr_db=18.0, fcd=60.0, tc=1.0, factor=0.4, half=0.9)])

@@ -254,6 +254,10 @@ def summary(rows: Sequence[Mapping[str, Any]], spread: Mapping[str, float] | Non
                                                                 (worse_q + worse_o, "worse")) if names]
         verdict = "The larger β made " + " and ".join(said) + "; the rest moved within the noise."
     parts.append(verdict)
+    top = max(r.get("factor_score", 1.0) for r in (lo, hi))
+    if top < 0.1:
+        parts.append(f"Neither code is axis-aligned: the mean concentration stays at or below {top:.3f} on a scale "
+                     "where 1 means one dimension carries a factor.")
     parts.append("The traversal figure shows the highest-KL dimensions of both models side by side.")
     return " ".join(parts)
 
