@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from vaelab import tracking
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.browser
 
 
 def _full_page_screenshot(browser, path: Path) -> None:
