@@ -121,34 +121,6 @@ def iw_log_likelihood(model: VAE, x: torch.Tensor, device: torch.device, k: int 
     return torch.cat(out)
 
 
-def total_correlation(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int, seed: int = 0,
-                      chunk: int = 64) -> float:
-    """Total correlation KL(q(z) || prod_j q(z_j)) of the aggregate posterior, in nats.
-
-    Minibatch-weighted sampling (Chen et al. 2018): one z_i ~ q(z|x_i) per code; within a minibatch B of M
-    codes, log q(z_i) ~ logsumexp_{n in B} log q(z_i|x_n) - log M, and the same per dimension for log q(z_ij).
-    With M = N this is the exact aggregate posterior of the N inputs. (The paper's 1/(NM) weights add the
-    constant (D - 1) log N to the estimate; it is left out, so independent codes give TC ~ 0.)
-    """
-    gen = torch.Generator().manual_seed(seed)
-    mu, logvar = mu.float(), logvar.float()
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
-    order = torch.randperm(len(mu), generator=gen)
-    m = min(batch_size, len(mu))
-    total, count = 0.0, 0
-    for start in range(0, len(mu) - m + 1, m):  # whole minibatches only
-        batch = order[start : start + m]
-        mu_b, lv_b = mu[batch].unsqueeze(0), logvar[batch].unsqueeze(0)  # (1, M, D)
-        for i in range(0, m, chunk):
-            zi = z[batch[i : i + chunk]].unsqueeze(1)  # (c, 1, D)
-            lq = log_normal(zi, mu_b, lv_b)  # (c, M, D)
-            log_joint = torch.logsumexp(lq.sum(-1), dim=1) - math.log(m)  # (c,)
-            log_marginals = (torch.logsumexp(lq, dim=1) - math.log(m)).sum(-1)  # (c,)
-            total += float((log_joint - log_marginals).double().sum())
-            count += len(zi)
-    return total / count
-
-
 def linear_probe(train_feats: torch.Tensor, train_y: torch.Tensor, test_feats: torch.Tensor,
                  test_y: torch.Tensor, l2: float = 1e-4, steps: int = 300, n_classes: int = 10) -> torch.Tensor:
     """Per test image (M,), 1.0 where multinomial logistic regression trained (full-batch L-BFGS, L2 penalty `l2`
