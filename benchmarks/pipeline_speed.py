@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from vaelab import judge, metrics, organisation
+from vaelab import classifier, metrics, organisation
 from vaelab.model import VAE
 from vaelab.params import load_params
 from vaelab.train import train
@@ -58,7 +58,7 @@ def main() -> None:
 
     jcfg = dataclasses.replace(p.judge, epochs=args.epochs + 1)
     epochs: list[float] = []
-    jmodel = judge.train_judge(x, y, jcfg, 0, device, on_epoch=lambda r: epochs.append(r["epoch_seconds"]))
+    jmodel = classifier.train_classifier(x, y, jcfg, device, on_epoch=lambda r: epochs.append(r["epoch_seconds"]))
     judge_epoch = sum(epochs[1:]) / args.epochs
     print(f"judge epoch: {judge_epoch:.1f} s")
 
@@ -66,7 +66,7 @@ def main() -> None:
     (mu, logvar), t_enc = timed(lambda: metrics.encode(model, torch.cat([x, xt]), device, e.batch_size))
     _, t_iw = timed(lambda: metrics.iw_log_likelihood(model, xt[: e.iw_images], device, e.iw_samples, e.batch_size))
     _, t_tc = timed(lambda: organisation.sampled_total_correlation(mu[-n_test:], logvar[-n_test:], min(e.tc_batch_size, n_test)))
-    _, t_judge = timed(lambda: [judge.predict(jmodel, xt, device) for _ in range(3)])  # samples, recons, test
+    _, t_judge = timed(lambda: [classifier.predict(jmodel, xt, device) for _ in range(3)])  # samples, recons, test
     evaluate = t_enc + t_iw + t_tc + t_judge
     print(f"evaluate pieces: encode {t_enc:.1f} s, IW bound {t_iw:.1f} s, TC {t_tc:.1f} s, judge scoring {t_judge:.1f} s")
 

@@ -1,4 +1,5 @@
-"""Training throughput of the default model (params.yaml): images/s and achieved GFLOP/s.
+"""Training throughput of the default model (params.yaml): images/s and achieved GFLOP/s, without and with the
+perceptual term (the feature network of params.yaml's `features` section, untrained: the cost is the same).
 
     python benchmarks/train_speed.py [--steps 30] [--batch-size 128] [--fp32]
 
@@ -13,6 +14,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vaelab.classifier import build
 from vaelab.data import to_unit
 from vaelab.loss import vae_loss
 from vaelab.model import VAE
@@ -40,32 +42,45 @@ def main() -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.train.lr)
     x_u8 = torch.randint(0, 256, (bs, 3, 32, 32), dtype=torch.uint8)
 
-    def step() -> None:
-        x = to_unit(x_u8).contiguous(memory_format=torch.channels_last)
-        with autocast(device, bf16):
-            out = model(x)
-        loss = vae_loss(x, out, 1.0, params.model.likelihood, model.log_sigma)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    features = build(params.features).eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops_per_step = counter.get_total_flops()
-    for _ in range(args.warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    dt = time.perf_counter() - t0
-    ips = args.steps * bs / dt
+    def activations(x: torch.Tensor) -> list[torch.Tensor]:
+        with autocast(device, bf16):
+            return [a.float() for a in features.activations((x + 1) / 2)]
+
     print(f"model: z={params.model.latent_dim} widths={list(params.model.widths)} res_blocks={params.model.res_blocks} "
+          f"decoder: upsample={params.model.upsample} decoder_res_blocks={params.model.decoder_res_blocks} "
+          f"decoder_widths={list(params.model.decoder_widths) or 'as encoder'} sigma={params.model.sigma}, "
           f"likelihood={params.model.likelihood}, {count_parameters(model) / 1e6:.2f}M parameters")
     print(f"setup: batch {bs}, bf16 autocast {bf16}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"train FLOPs per image: {flops_per_step / bs / 1e6:.1f} MFLOP (forward + backward)")
-    print(f"training images/s:     {ips:.0f}")
-    print(f"achieved GFLOP/s:      {flops_per_step * args.steps / dt / 1e9:.1f}")
-    print(f"one 50k-image epoch:   {50_000 / ips:.1f} s")
+    weight = params.train.perceptual_weight or 1.0
+    for label, w in (("without perceptual term", 0.0), (f"with perceptual term ({params.features.arch} "
+                                                        f"{list(params.features.widths)})", weight)):
+        def step() -> None:
+            x = to_unit(x_u8).contiguous(memory_format=torch.channels_last)
+            with autocast(device, bf16):
+                out = model(x)
+            loss = vae_loss(x, out, 1.0, params.model.likelihood, model.log_sigma, perceptual=activations,
+                            perceptual_weight=w)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops_per_step = counter.get_total_flops()
+        for _ in range(args.warmup):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        dt = time.perf_counter() - t0
+        ips = args.steps * bs / dt
+        print(f"{label}:")
+        print(f"  train FLOPs per image: {flops_per_step / bs / 1e6:.1f} MFLOP (forward + backward)")
+        print(f"  training images/s:     {ips:.0f}")
+        print(f"  achieved GFLOP/s:      {flops_per_step * args.steps / dt / 1e9:.1f}")
+        print(f"  one 50k-image epoch:   {50_000 / ips:.1f} s")
 
 
 if __name__ == "__main__":

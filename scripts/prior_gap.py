@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from vaelab import data, judge, metrics, quality, storage
+from vaelab import classifier, data, metrics, quality, storage
 from vaelab.model import load_model
-from vaelab.params import JudgeConfig, from_dict, load_params
+from vaelab.params import load_params
 from vaelab.stages import layout
 
 
@@ -56,12 +56,10 @@ def main() -> None:
     model_path = args.model or layout.BetaPaths(args.beta).model
     model, config = load_model(model_path, device)
     bf16 = config["train"]["bf16"]
-    state, judge_config = storage.load_state(layout.JUDGE_MODEL, device)
-    judge_cfg = from_dict(JudgeConfig, judge_config["judge"])
-    judge_net = judge.from_state(state, judge_cfg, device)
+    judge_net, judge_cfg = classifier.load(layout.JUDGE.model, device)
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     ev, n = params.evaluate, args.n
-    test_feats, _ = judge.predict(judge_net, ds.test_x, device, bf16=judge_cfg.bf16)
+    test_feats, _ = classifier.predict(judge_net, ds.test_x, device, bf16=judge_cfg.bf16)
     mu, logvar = metrics.encode(model, ds.train_x, device, ev.batch_size, bf16)
     test_mu, test_logvar = metrics.encode(model, ds.test_x, device, ev.batch_size, bf16)
     g = torch.Generator().manual_seed(params.seed)
@@ -87,7 +85,7 @@ def main() -> None:
     print("| codes | NN dist | FCD | KID | judge confidence | class entropy (bits) |\n|---|---:|---:|---:|---:|---:|")
     for name, z in sets.items():
         images = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
-        feats, probs = judge.predict(judge_net, images, device, bf16=judge_cfg.bf16)
+        feats, probs = classifier.predict(judge_net, images, device, bf16=judge_cfg.bf16)
         q = quality.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, params.seed)
         print(f"| {name} | {nn_distance(z, mu):.2f} | {q['fcd']:.2f} | {q['kid']:.3f} | {q['judge_confidence']:.3f} "
               f"| {q['class_entropy']:.2f} |", flush=True)

@@ -127,8 +127,11 @@ def make_small_repo(dest: Path) -> Path:
     params["data"]["url"] = "http://127.0.0.1:9/unreachable.tar.gz"  # the local copy must be enough
     params["data"]["subset"] = 1000
     params["train"]["epochs"] = 1
-    # A tiny judge and fewer samples: the pipeline's plumbing is under test here, not the judge's accuracy.
-    params["judge"].update({"widths": [8, 16, 16], "epochs": 2, "batch_size": 256})
+    # Tiny classifiers and fewer samples: the pipeline's plumbing is under test here, not their accuracy. The
+    # perceptual term is on, so that train reads the feature network as the default run would with it.
+    for role in ("judge", "audit", "features"):
+        params[role].update({"widths": [8, 16, 16], "epochs": 1, "batch_size": 256})
+    params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
     params["evaluate"].update({"n_samples": 2000, "kid_subsets": 10, "iw_images": 100})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",

@@ -48,8 +48,8 @@ def test_evaluate_outputs_consistent_numbers():
 
 
 def figure_inputs(g: torch.Generator) -> tuple[CIFAR10, pd.DataFrame]:
-    """A 30-image test set (no training images) and a two-epoch history, for make_figures."""
-    ds = CIFAR10(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+    """A 30-image test set, 20 training images and a two-epoch history, for make_figures."""
+    ds = CIFAR10(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(20) % 10,
                  torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=g),
                  torch.arange(30) % 10, tuple(f"class{i}" for i in range(10)))
     history = pd.DataFrame([{"epoch": e, **{f"{s}_{k}": 1.0 / e for s in ("train", "test")
@@ -114,7 +114,9 @@ def row(beta, rate=100.0, psnr_db=21.0, fcd=40.0, tc=2.0, factor=0.3, r2=0.5, pr
               "test_psnr": psnr_db, "fcd": fcd, "sampler_fcd": 0.8 * fcd, "recon_fcd": 0.5 * fcd,
               "recon_judge_accuracy": 0.5, "judge_confidence": 0.6, "class_entropy": 3.1,
               "sampler_judge_confidence": 0.6, "sampler_class_entropy": 3.0, "recon_judge_confidence": 0.7,
-              "recon_class_entropy": 3.2, "total_correlation": tc, "factor_score": factor, "factor_r2": r2,
+              "recon_class_entropy": 3.2, "audit_fcd": 2 * fcd, "audit_sampler_fcd": 1.5 * fcd,
+              "audit_recon_fcd": fcd, "audit_sampler_confidence": 0.55, "sharpness_ratio": 0.3,
+              "sampler_sharpness_ratio": 0.4, "recon_sharpness_ratio": 0.5, "total_correlation": tc, "factor_score": factor, "factor_r2": r2,
               "probe_accuracy": probe, "active_units_0p01": au, "active_units_0p1": au // 2,
               **{f"factor_score_{f}": factor for f in report.FACTORS}, **{f"factor_r2_{f}": r2 for f in report.FACTORS}}
     out = {"beta": beta, "tag": f"{beta:g}", "latent_dim": 64, "active_units": au, "train_minutes": 10.0,
@@ -189,7 +191,16 @@ def test_render_has_tables_with_intervals_figures_and_side_by_side():
     assert "87.0% test accuracy" in md
     for stem, _ in report.FIGURES:
         assert f"(figures/beta_1/{stem}.png)" in md and f"(figures/beta_5/{stem}.png)" in md
-    assert "| β = 1: z ~ N(0, I) | β = 1: sampler | β = 5: z ~ N(0, I) | β = 5: sampler |" in md
+    assert "| β = 1: sampler | β = 1: z ~ N(0, I) | β = 5: sampler | β = 5: z ~ N(0, I) |" in md
+    assert md.index("## Samples") < md.index("## Summary")  # the report opens with the pictures
+    # The audit network's and the sharpness measure's table, with the real-image row when the audit's metrics are given.
+    assert "| β = 1: ex-post sampler | 60.00 [59.40, 60.60] | – | 0.550 [0.545, 0.555] | – | 0.400 [0.396, 0.404] |" in md
+    assert "| β = 5: reconstructions | 40.00 [39.60, 40.40] | – | – | – | 0.500 [0.495, 0.505] |" in md
+    with_audit = report.render(rows, {"1": "figures/beta_1", "5": "figures/beta_5"},
+                               {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": []},
+                               REFERENCE, {"rate_distortion": "r", "kl_per_dim": "k", "traversals": "t"},
+                               audit_reference={**REFERENCE, "real_fcd": 0.7})
+    assert "| real train images (reference) | 0.70 | 0.000 | 0.900 | 3.32 | – |" in with_audit
     assert "target" not in md.lower() and "issue" not in md.lower()  # product, not project history
 
 
@@ -287,3 +298,32 @@ def test_figures_of_a_flow_prior_model_decode_noise_through_the_flow():
                               gmm, 0, torch.device("cpu"))
     assert "z = f(e), e ~ N(0, I)" in figs["prior_samples"]._suptitle.get_text()
     assert "prior flow" in figs["interpolation_prior"]._suptitle.get_text()
+
+
+def test_a_recipe_change_counts_only_where_judge_audit_and_sharpness_agree():
+    ref = row(1, fcd=40.0)  # sampler_fcd 32, audit_sampler_fcd 60, sampler_sharpness_ratio 0.4
+    better = row(1, fcd=20.0)
+    better |= {"sampler_sharpness_ratio": 0.6, "sampler_sharpness_ratio_lo": 0.59, "sampler_sharpness_ratio_hi": 0.61,
+               "recon_sharpness_ratio": 0.7, "recon_sharpness_ratio_lo": 0.69, "recon_sharpness_ratio_hi": 0.71}
+    fooled = dict(better) | {"audit_sampler_fcd": 80.0, "audit_sampler_fcd_lo": 79.0, "audit_sampler_fcd_hi": 81.0}
+    said, verdict = report.agreement(ref, better, "sampler_")
+    assert said == ["lower", "lower", "closer to 1"] and verdict == "**better**"
+    said, verdict = report.agreement(ref, fooled, "sampler_")  # the judge alone improved: it does not count
+    assert said == ["lower", "higher", "closer to 1"] and verdict == "no agreement"
+    assert report.agreement(ref, ref, "recon_")[1] == "no agreement"
+    assert report.agreement({"beta": 1}, better, "sampler_") == (["–"] * 3, "not measured")
+    table = report.agreement_table([preset("plain", "", [(ref, 0)]), preset("sharp", "", [(better, 0)]),
+                                    preset("fooled", "", [(fooled, 0)])])
+    assert "| `sharp` | `plain` (no model or train key) | lower | lower | closer to 1 | **better** |" in table
+    assert "| `fooled` | `plain` (no model or train key) | lower | higher | closer to 1 | no agreement |" in table
+    # The reference is the earlier preset whose recipe differs least: a change on top of `sharp` is judged against it.
+    on_top = preset("on-top", "", [(fooled, 0)])
+    on_top["train"] = {**on_top["train"], "mmd_weight": 1.0}
+    sharp = preset("sharp", "", [(better, 0)])
+    sharp["train"] = {**sharp["train"], "mmd_weight": 1.0}
+    table = report.agreement_table([preset("plain", "", [(ref, 0)]), sharp, on_top])
+    assert "| `sharp` | `plain` (train.mmd_weight = 1) |" in table and "| `on-top` | `sharp` (no model or train key) |" in table
+    # Another budget has its own reference: nothing to compare with one preset alone.
+    other = preset("long", "", [(better, 0)])
+    other["train"] = {**other["train"], "epochs": 20}
+    assert "`long`" not in report.agreement_table([preset("plain", "", [(ref, 0)]), other])

@@ -85,12 +85,16 @@ def test_dvc_repro_end_to_end(small_repo):
                 "active_units_0p01", "active_units_0p1", "active_units_0p5", "probe_accuracy", "factor_score",
                 "factor_r2", "fcd", "judge_confidence", "class_entropy", "sampler_fcd", "sampler_judge_confidence",
                 "sampler_class_entropy", "recon_fcd", "recon_judge_accuracy",
+                # the audit network's verdicts and the non-learned sharpness ratio, on the same three image sets
+                "audit_fcd", "audit_confidence", "audit_class_entropy", "audit_sampler_fcd", "audit_recon_fcd",
+                "audit_recon_accuracy", "sharpness_ratio", "sampler_sharpness_ratio", "recon_sharpness_ratio",
                 *(f"factor_{kind}_{f}" for kind in ("score", "r2")
                   for f in ("rotation", "scale", "saturation", "vshift", "brightness", "hue", "flip", "shift")))
     for key in (*headline, *(f"{k}_{e}" for k in headline for e in ("lo", "hi")), "kid", "tc_sampled",
                 "tc_sampled_self_weight", "kl_dims_sum_nats", "eval_seconds", "sampler_kid"):
         assert f'"{key}"' in flat, key
     assert "metrics/judge.json" in flat and '"test_accuracy"' in flat and '"real_fcd"' in flat
+    assert "metrics/audit.json" in flat and "metrics/features.json" in flat
     for tag in ("1", "5"):
         ev = json.loads((repo / "metrics" / f"beta_{tag}" / "eval.json").read_text())
         # N(0, I) prior: KL per dimension sums to the rate; every interval holds its estimate.
@@ -156,13 +160,18 @@ def test_dvc_repro_end_to_end(small_repo):
     assert page.count('src="data:image/png;base64,') == len(links)
     assert not re.search(r'src="(?!data:)', page)
 
-    # The judge: its own experiment, one finished run with per-epoch accuracy, and a loadable model.
-    (judge_run,) = tracking.find_runs(uri, "cifar10-judge")
-    assert judge_run["status"] == "FINISHED" and judge_run["tags"]["dvc_stage"] == "judge"
-    assert [s for s, _ in tracking.metric_history(uri, judge_run["run_id"], "test_accuracy")][:2] == [1, 2]
-    judge_file = json.loads((repo / "models" / "judge" / "mlflow_run.json").read_text())
-    logits = tracking.load_model(judge_file["model_uri"], uri)(torch.rand(3, 3, 32, 32))
-    assert logits.shape == (3, 10)
+    # The classifiers: one finished run each in their experiment, per-epoch accuracy, and a loadable model.
+    classifier_runs = {r["tags"]["dvc_stage"]: r for r in tracking.find_runs(uri, "cifar10-judge")}
+    assert set(classifier_runs) == {"judge", "audit", "features"}
+    for role, run in classifier_runs.items():
+        assert run["status"] == "FINISHED" and run["tags"]["role"] == role
+        assert [s for s, _ in tracking.metric_history(uri, run["run_id"], "test_accuracy")][:1] == [1]
+        run_file = json.loads((repo / "models" / role / "mlflow_run.json").read_text())
+        logits = tracking.load_model(run_file["model_uri"], uri)(torch.rand(3, 3, 32, 32))
+        assert logits.shape == (3, 10)
+    # The perceptual term was on (conftest): train ran with the feature network, and says so in its MLflow run.
+    for r in runs.values():
+        assert float(r["params"]["train.perceptual_weight"]) > 0 and "features_md5" in r["params"]
     # The evaluation metrics are in each beta's run too, at the last epoch's step.
     for r in runs.values():
         for key in ("test_iw_bpd", "total_correlation", "fcd", "kid", "factor_score"):
@@ -206,7 +215,7 @@ def test_editing_the_vae_leaves_the_judge_up_to_date(small_repo):
     try:
         loss.write_text(original + "# an edit of the VAE's loss\n")
         changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
-        assert "judge" not in changed and {"train@1", "train@5"} <= changed, changed
+        assert not {"judge", "audit", "features"} & changed and {"train@1", "train@5"} <= changed, changed
     finally:
         loss.write_text(original)
 

@@ -18,7 +18,8 @@ import yaml
 from conftest import REPO
 from vaelab import data, storage, tracking
 from vaelab.model import VAE
-from vaelab.params import ModelConfig, TrainConfig
+from vaelab.classifier import build
+from vaelab.params import ClassifierConfig, ModelConfig, TrainConfig, to_dict
 from vaelab.train import NonFiniteLossError, train
 
 SMALL = ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=0)
@@ -104,8 +105,19 @@ def _env(store: str) -> dict:
     return env
 
 
+def test_a_missing_feature_network_stops_train_before_any_work(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["train"]["perceptual_weight"] > 0  # the default needs the feature network
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = _stage(["vaelab.stages.train", "--beta", "1"], tmp_path, _env(f"sqlite:///{tmp_path}/mlflow.db"), timeout=120)
+    assert r.returncode == 2 and "models/features/features.pt" in r.stderr and "dvc repro features" in r.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
 def test_unreachable_tracking_server_fails_fast_and_writes_nothing(tmp_path):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["perceptual_weight"] = 0  # no feature network needed: the store is what fails
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     t0 = time.perf_counter()
     r = _stage(["vaelab.stages.train", "--beta", "1"], tmp_path, _env("http://127.0.0.1:9"), timeout=120)
     assert r.returncode == 1
@@ -144,6 +156,11 @@ def train_workspace(tmp_path_factory, fake_archive):
     params["data"]["subset"] = 1024
     params["train"].update({"epochs": 5, "batch_size": 64, "warmup_steps": 10})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The default trains with the perceptual term: a small, untrained feature network stands in for stage features.
+    features = ClassifierConfig(arch="vgg", widths=(8, 16, 16), bf16=False)
+    torch.manual_seed(0)
+    storage.save_model(root / "models" / "features" / "features.pt", build(features),
+                       {"role": "features", "classifier": to_dict(features), "seed": 0})
     return root
 
 
@@ -151,6 +168,8 @@ def _copy_workspace(src: Path, dest: Path) -> Path:
     dest.mkdir()
     (dest / "params.yaml").write_text((src / "params.yaml").read_text())
     (dest / "data").symlink_to(src / "data")
+    (dest / "models").mkdir()
+    (dest / "models" / "features").symlink_to(src / "models" / "features")
     return dest
 
 

@@ -110,7 +110,7 @@ def test_evaluate_terms_is_deterministic_in_eval_mode():
     torch.manual_seed(0)
     model = VAE(SMALL)
     a = evaluate_terms(model, images(10), 1.0, CPU, batch_size=4, bf16=False)
-    assert set(a) == {"loss", "recon", "kl", "mmd", "bpd"}
+    assert set(a) == {"loss", "recon", "perceptual", "kl", "mmd", "bpd"}
     assert a["bpd"] > 0
 
 

@@ -1,7 +1,9 @@
-"""The VAE objective as named terms: reconstruction -log p(x|z) and KL, in nats per image, and bits/dim."""
+"""The VAE objective as named terms: reconstruction -log p(x|z), perceptual distance and KL, in nats per image,
+and bits/dim."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +72,8 @@ def logistic_nll(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """-log p(x|z) under a discretized Gaussian with one global sigma (256 bins), in nats per image: (B,).
 
-    x, mean: (B, 3, 32, 32) in [-1, 1]; log_sigma: scalar tensor (learned).
+    x, mean: (B, 3, 32, 32) in [-1, 1]; log_sigma: anything broadcasting to x: (1,) global, (3, 1, 1) per
+    channel, (B, 3, 32, 32) per pixel.
     """
     log_sigma = log_sigma.clamp(min=-7.0)
     inv_s = torch.exp(-log_sigma)
@@ -92,7 +95,8 @@ def recon_nll(x: torch.Tensor, params: torch.Tensor, likelihood: str, log_sigma:
     if likelihood == "logistic":
         return logistic_nll(x, params)
     if likelihood == "gaussian":
-        return gaussian_nll(x, params, log_sigma)
+        # Six channels: the decoder predicts a log-sigma per pixel (model.sigma = pixel) beside the means.
+        return gaussian_nll(x, params, params[:, 3:] if params.shape[1] == 6 else log_sigma)
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
@@ -117,13 +121,33 @@ def mmd_imq(z: torch.Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.
     return ((kzz * off).sum() + (kpp * off).sum()) / (n * (n - 1)) - 2.0 * kzp.mean()
 
 
+Activations = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+def perceptual_distance(x: torch.Tensor, y: torch.Tensor, activations: Activations) -> torch.Tensor:
+    """D_feat(x, y) per image, (B,), unitless: for each layer of a frozen feature network, the squared Euclidean
+    distance between the unit-normalised channel vectors of x and y, averaged over positions; summed over layers
+    (LPIPS without its learned layer weights; Zhang et al. 2018). 0 for identical images, at most 4 per layer.
+    x (the target) gets no gradient; y (the reconstruction) does."""
+    with torch.no_grad():
+        fx = activations(x)
+    d = torch.zeros(len(y), device=y.device)
+    for a, b in zip(fx, activations(y)):
+        a = a.float() / (a.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-8)  # (B, C, H, W), unit over C
+        b = b.float() / (b.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-8)
+        d = d + (a - b).pow(2).sum(1).mean((1, 2))
+    return d
+
+
 def vae_loss(
     x: torch.Tensor, out: dict[str, torch.Tensor], beta: float, likelihood: str, log_sigma: torch.Tensor,
-    mmd_weight: float = 0.0,
+    mmd_weight: float = 0.0, perceptual: Activations | None = None, perceptual_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Batch-mean named terms: loss = recon + beta * kl + mmd_weight * mmd (mmd of out["noise"] when the model has
-    a flow prior, else of the codes z); elbo terms use beta = 1. All in
-    nats per image except bpd (bits/dim of the negative ELBO) and mmd (a squared kernel distance, unitless)."""
+    """Batch-mean named terms: loss = recon + perceptual_weight * perceptual + beta * kl + mmd_weight * mmd
+    (perceptual: D_feat(x, decoder mean) through the feature network's `perceptual` activations, computed only when
+    its weight is > 0; mmd of out["noise"] when the model has a flow prior, else of the codes z); elbo terms use
+    beta = 1 and no perceptual part. All in nats per image except bpd (bits/dim of the negative ELBO), perceptual
+    and mmd (unitless distances)."""
     recon = recon_nll(x, out["params"], likelihood, log_sigma)  # (B,)
     kl = kl_divergence(out)  # (B,)
     recon_m, kl_m = recon.mean(), kl.mean()
@@ -131,9 +155,14 @@ def vae_loss(
     # the per-image KL cannot give, so that prior samples land where the decoder has seen codes. With a flow prior
     # it acts on the noise side, f^-1(z): a sample-based check beside the KL's mass-covering fit of the flow.
     mmd = mmd_imq(out.get("noise", out["z"]))
+    # DFC-VAE (Hou et al. 2017): a distance in a classifier's feature space rewards edges and texture that the
+    # pixel likelihood, averaging over plausible images, blurs away.
+    perc = (perceptual_distance(x, out["params"][:, :3], perceptual).mean()
+            if perceptual is not None and perceptual_weight > 0 else torch.zeros((), device=x.device))
     return {
-        "loss": recon_m + beta * kl_m + mmd_weight * mmd,  # beta multiplies the KL term only
+        "loss": recon_m + perceptual_weight * perc + beta * kl_m + mmd_weight * mmd,  # beta multiplies the KL only
         "recon": recon_m,
+        "perceptual": perc,
         "kl": kl_m,
         "mmd": mmd,
         "neg_elbo": recon_m + kl_m,

@@ -62,26 +62,36 @@ class Encoder(nn.Module):
         return mu, logvar.clamp(self.logvar_min, 8.0)
 
 
+def _upsample(c_in: int, c_out: int, how: str) -> nn.Module:
+    """x2 upsampling from c_in to c_out channels: a 4x4 stride-2 transposed convolution, or nearest-neighbour x2
+    then a 3x3 convolution (no checkerboard pattern from uneven kernel overlap; Odena et al. 2016)."""
+    if how == "nearest":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1))
+    return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+
+
 class Decoder(nn.Module):
-    """(B, z) codes -> (B, C, 32, 32) likelihood parameters (C = 6 for logistic, 3 for gaussian)."""
+    """(B, z) codes -> (B, C, 32, 32) likelihood parameters: C = 3 means, or 6 = means and per-pixel log-scales
+    (logistic likelihood, or Gaussian with model.sigma = pixel)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        w0, w1, w2 = cfg.widths
-        out_ch = 6 if cfg.likelihood == "logistic" else 3
+        w0, w1, w2 = cfg.decoder_widths or cfg.widths
+        out_ch = 6 if cfg.likelihood == "logistic" or cfg.sigma == "pixel" else 3
+        blocks = cfg.res_blocks + cfg.decoder_res_blocks
         self.w2 = w2
         self.fc = nn.Linear(cfg.latent_dim, w2 * 16)
         self.net = nn.Sequential(
-            *_stage(w2, cfg.res_blocks),
+            *_stage(w2, blocks),
             nn.SiLU(),
-            nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1),  # 4 -> 8
-            *_stage(w1, cfg.res_blocks),
+            _upsample(w2, w1, cfg.upsample),  # 4 -> 8
+            *_stage(w1, blocks),
             nn.SiLU(),
-            nn.ConvTranspose2d(w1, w0, 4, stride=2, padding=1),  # 8 -> 16
-            *_stage(w0, cfg.res_blocks),
+            _upsample(w1, w0, cfg.upsample),  # 8 -> 16
+            *_stage(w0, blocks),
             nn.SiLU(),
         )
-        self.out = nn.ConvTranspose2d(w0, out_ch, 4, stride=2, padding=1)  # 16 -> 32
+        self.out = _upsample(w0, out_ch, cfg.upsample)  # 16 -> 32
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(-1, self.w2, 4, 4)  # (B, w2, 4, 4)
@@ -154,8 +164,12 @@ class VAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        # Global log-sigma of the Gaussian decoder (sigma-VAE style, learned); unused by the logistic one.
-        self.log_sigma = nn.Parameter(torch.full((1,), -2.0), requires_grad=cfg.likelihood == "gaussian")
+        # Learned log-sigma of the Gaussian decoder (sigma-VAE style): one, or one per RGB channel (3, 1, 1)
+        # broadcasting over the image; unused by the logistic decoder and by per-pixel sigmas, which the decoder
+        # predicts.
+        shape = (3, 1, 1) if cfg.sigma == "channel" else (1,)
+        self.log_sigma = nn.Parameter(torch.full(shape, -2.0),
+                                      requires_grad=cfg.likelihood == "gaussian" and cfg.sigma != "pixel")
         # None: the prior is N(0, I) and the KL has its closed form.
         self.prior = FlowPrior(cfg.latent_dim, cfg.prior_flows, cfg.prior_hidden) if cfg.prior_flows else None
 

@@ -46,6 +46,11 @@ class ModelConfig:
     logvar_min: float = -12.0  # clamp of the posterior log-variance, keeps exp() finite
     prior_flows: int = 0  # affine couplings of the learned prior p(z) = f#N(0, I); 0 = p(z) is N(0, I)
     prior_hidden: int = 256  # hidden width of each coupling's MLP
+    # Decoder options (the encoder stays as above):
+    upsample: str = "transposed"  # transposed (4x4 stride-2 transposed conv) | nearest (nearest x2, then conv3x3)
+    decoder_res_blocks: int = 0  # residual blocks per resolution added in the decoder only (after res_blocks)
+    decoder_widths: tuple[int, ...] = ()  # decoder widths at 16x16, 8x8 and 4x4; () = the encoder's widths
+    sigma: str = "global"  # Gaussian decoder's sigma: global (one learned) | channel (one per RGB) | pixel (predicted)
 
     def __post_init__(self) -> None:
         _check(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
@@ -55,11 +60,20 @@ class ModelConfig:
         _check(self.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {LIKELIHOODS}")
         _check(self.prior_flows >= 0, "model.prior_flows", f"must be >= 0, got {self.prior_flows}")
         _check(self.prior_hidden >= 1, "model.prior_hidden", f"must be >= 1, got {self.prior_hidden}")
+        _check(self.upsample in UPSAMPLES, "model.upsample", f"must be one of {UPSAMPLES}, got {self.upsample!r}")
+        _check(self.decoder_res_blocks >= 0, "model.decoder_res_blocks", "must be >= 0")
+        _check(len(self.decoder_widths) in (0, 3) and all(w >= 1 for w in self.decoder_widths),
+               "model.decoder_widths", f"must be [] or list 3 widths >= 1, got {list(self.decoder_widths)}")
+        _check(self.sigma in SIGMAS, "model.sigma", f"must be one of {SIGMAS}, got {self.sigma!r}")
+        _check(self.sigma == "global" or self.likelihood == "gaussian", "model.sigma",
+               "applies to the gaussian likelihood only (the logistic one predicts a scale per pixel)")
         _check(self.prior_flows == 0 or self.latent_dim >= 2, "model.prior_flows",
                "a flow prior needs model.latent_dim >= 2 (each coupling splits z in two)")
 
 
 LIKELIHOODS = ("logistic", "gaussian")
+UPSAMPLES = ("transposed", "nearest")
+SIGMAS = ("global", "channel", "pixel")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class TrainConfig:
     warmup_steps: int = 200  # linear learning-rate warm-up, then cosine decay to zero
     kl_warmup_epochs: float = 0.0  # KL weight ramps linearly 0 -> beta over this many epochs (0 = off)
     mmd_weight: float = 0.0  # weight of the MMD(aggregate posterior, N(0, I)) term (InfoVAE), 0 = plain beta-VAE
+    perceptual_weight: float = 0.0  # lambda_p of lambda_p * D_feat(x, x_hat) in nats per unit distance; 0 = off
     ema_decay: float = 0.0  # exponential moving average of the weights, used for evaluation and saved (0 = off)
     weight_decay: float = 0.0
     grad_clip: float = 200.0  # max global gradient norm
@@ -92,6 +107,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(math.isfinite(self.mmd_weight) and self.mmd_weight >= 0, "train.mmd_weight",
                f"must be a finite number >= 0, got {self.mmd_weight}")
+        _check(math.isfinite(self.perceptual_weight) and self.perceptual_weight >= 0, "train.perceptual_weight",
+               f"must be a finite number >= 0, got {self.perceptual_weight}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
@@ -167,10 +184,13 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
-    """The judge classifier (airbench-style) whose features and softmax score samples."""
+class ClassifierConfig:
+    """One CIFAR-10 classifier (params sections judge, audit, features): its architecture, seed and the
+    airbench-style recipe it is trained with. Error messages name the section ({section} below)."""
 
-    widths: tuple[int, ...] = (32, 128, 128)  # conv widths of the three groups (32 -> 16 -> 8 -> 4 -> 3 pixels)
+    arch: str = "airbench"  # airbench (judge) | resnet (audit) | vgg (features); see classifier.py
+    seed: int = 0  # the classifier's own training seed (batch order, augmentation, initialisation)
+    widths: tuple[int, ...] = (32, 128, 128)  # conv widths of the three groups
     epochs: float = 8.0
     batch_size: int = 1024
     lr: float = 11.5  # per 1024 examples of a summed loss, as in airbench
@@ -178,21 +198,26 @@ class JudgeConfig:
     weight_decay: float = 0.0153
     label_smoothing: float = 0.2
     translate: int = 2  # random translation in pixels (reflection padded)
-    whiten_width: int = 24  # 2 x 12 whitening filters of 2x2x3 patches
+    whiten_width: int = 24  # airbench only: 2 x 12 whitening filters of 2x2x3 patches
     bf16: bool = True
 
     def __post_init__(self) -> None:
-        _check(len(self.widths) == 3 and all(w >= 1 for w in self.widths), "judge.widths",
+        _check(self.arch in ARCHITECTURES, "{section}.arch", f"must be one of {ARCHITECTURES}, got {self.arch!r}")
+        _check(0 <= self.seed < 2**31, "{section}.seed", f"must be an integer in [0, 2**31), got {self.seed}")
+        _check(len(self.widths) == 3 and all(w >= 1 for w in self.widths), "{section}.widths",
                f"must list 3 widths >= 1, got {list(self.widths)}")
-        _check(self.epochs > 0, "judge.epochs", "must be > 0")
-        _check(self.batch_size >= 2, "judge.batch_size", "must be >= 2")
-        _check(self.lr > 0, "judge.lr", "must be > 0")
-        _check(0 <= self.momentum < 1, "judge.momentum", "must be in [0, 1)")
-        _check(self.weight_decay >= 0, "judge.weight_decay", "must be >= 0")
-        _check(0 <= self.label_smoothing < 1, "judge.label_smoothing", "must be in [0, 1)")
-        _check(0 <= self.translate <= 8, "judge.translate", "must be in 0..8")
+        _check(self.epochs > 0, "{section}.epochs", "must be > 0")
+        _check(self.batch_size >= 2, "{section}.batch_size", "must be >= 2")
+        _check(self.lr > 0, "{section}.lr", "must be > 0")
+        _check(0 <= self.momentum < 1, "{section}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "{section}.weight_decay", "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, "{section}.label_smoothing", "must be in [0, 1)")
+        _check(0 <= self.translate <= 8, "{section}.translate", "must be in 0..8")
         _check(self.whiten_width >= 2 and self.whiten_width % 2 == 0 and self.whiten_width <= 24,
-               "judge.whiten_width", "must be even, in 2..24 (pairs of the 12 patch eigenvectors)")
+               "{section}.whiten_width", "must be even, in 2..24 (pairs of the 12 patch eigenvectors)")
+
+
+ARCHITECTURES = ("airbench", "resnet", "vgg")
 
 
 @dataclass(frozen=True)
@@ -241,12 +266,21 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge: ClassifierConfig = field(default_factory=ClassifierConfig)
+    audit: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(arch="resnet", seed=1))
+    features: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(arch="vgg", seed=2))
     figures: FiguresConfig = field(default_factory=FiguresConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         _check(0 <= self.seed < 2**31, "seed", f"must be an integer in [0, 2**31), got {self.seed}")
+        archs = {role: getattr(self, role).arch for role in ("judge", "audit", "features")}
+        # Three independent networks: the audit is only an audit if it does not share the judge's architecture, and
+        # a perceptual term built on the judge's (or the audit's) architecture would teach the VAE what they score.
+        _check(len(set(archs.values())) == 3, "audit.arch",
+               f"judge, audit and features must have three different architectures, got {archs}")
+        _check(len({self.judge.seed, self.audit.seed, self.features.seed}) == 3, "features.seed",
+               "judge, audit and features must be trained with three different seeds")
 
 
 def _check(ok: bool, key: str, reason: str) -> None:
@@ -260,7 +294,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ParamsError(f"params: '{key}' must be a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=f"{key}.")
+        try:
+            return from_dict(tp, value, prefix=f"{key}.")
+        except ParamsError as e:  # a config shared by several sections names the one that failed
+            raise ParamsError(str(e).replace("{section}", key)) from None
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"params: '{key}' must be a list, got {type(value).__name__}")

@@ -202,7 +202,28 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
         row_labels=[f"z{j} ({kl_dims[j]:.1f} nats)" for j in top], col_labels=[f"{v:+.1f}" for v in values.tolist()])
     figs["factor_response"] = factor_heatmap(
         response, kl_dims, f"β = {beta:g}: where each controlled factor moves the code (share of Σ_j Δμ_j²)")
+    # Copies would show as twins: the first samples of the sampler grid above beside their nearest training images.
+    k = min(8, n)
+    samples = decode_uint8(model, density.sample(gmm, n, torch.Generator().manual_seed(seed)))[:k]
+    near, dist = nearest_images(samples, ds.train_x)
+    figs["nearest_neighbours"] = image_table(
+        [samples, ds.train_x[near]], f"β = {beta:g}: sampler samples and their nearest training images",
+        row_labels=["sample", "nearest training\nimage"], col_labels=[f"RMSE {d:.3f}" for d in dist.tolist()])
     return figs
+
+
+def nearest_images(images: torch.Tensor, pool: torch.Tensor, batch_size: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each uint8 image (K, 3, 32, 32), the index in `pool` (N, 3, 32, 32) of the nearest image by pixel
+    distance, and that distance as the root mean squared difference on the [0, 1] scale: (K,), (K,)."""
+    q = images.flatten(1).double() / 255  # (K, 3072)
+    best = torch.full((len(q),), float("inf"), dtype=torch.float64)
+    arg = torch.zeros(len(q), dtype=torch.long)
+    for start in range(0, len(pool), batch_size):
+        d = torch.cdist(q, pool[start : start + batch_size].flatten(1).double() / 255)  # (K, b)
+        value, index = d.min(1)
+        better = value < best
+        best, arg = torch.where(better, value, best), torch.where(better, index + start, arg)
+    return arg, best / q.shape[1] ** 0.5
 
 
 def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], title: str) -> plt.Figure:

@@ -68,3 +68,25 @@ def sample_quality(feats: torch.Tensor, probs: torch.Tensor, ref_feats: torch.Te
         out |= with_interval("class_entropy", out["class_entropy"],
                              bootstrap(lambda i: class_entropy(probs[i]), [len(probs)], reps, seed + 2))
     return out
+
+
+def high_frequency_energy(images_u8: torch.Tensor, cutoff: float = 0.5, batch_size: int = 2000) -> torch.Tensor:
+    """Per image (N,), the power of the luminance (on the [0, 1] scale) at spatial frequencies above `cutoff` times
+    the Nyquist frequency, per pixel: what blur removes first. A non-learned sharpness measure, independent of every
+    network in the pipeline. images_u8: (N, 3, H, W) uint8."""
+    h, w = images_u8.shape[-2:]
+    fy = torch.fft.fftfreq(h).abs().view(h, 1) * 2  # in units of the Nyquist frequency (0.5 cycles per pixel)
+    fx = torch.fft.fftfreq(w).abs().view(1, w) * 2
+    band = (torch.maximum(fy, fx) > cutoff).double()  # (H, W): outside the central square of half the bandwidth
+    out = []
+    for chunk in images_u8.split(batch_size):
+        grey = (chunk.double() / 255 * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)).sum(1)
+        power = torch.fft.fft2(grey).abs().pow(2) / (h * w)  # (B, H, W); Parseval: sums to the sum of squares
+        out.append((power * band).sum((1, 2)) / (h * w))
+    return torch.cat(out)
+
+
+def sharpness_ratio(energy: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean high-frequency energy of a set of images over that of reference images (1 = as sharp as real images,
+    < 1 = blurrier, > 1 = noisier)."""
+    return float(energy.double().mean() / reference.double().mean())

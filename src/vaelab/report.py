@@ -23,6 +23,8 @@ FIGURES = (
     ("reconstructions", "Reconstructions"),
     ("traversals", "Latent traversals of the highest-KL dimensions"),
     ("factor_response", "Factor response: each controlled factor's share of the change in μ, per dimension"),
+    ("nearest_neighbours", "Sampler samples beside their nearest training images (pixel distance): copies would "
+                           "show as twins"),
 )
 FACTORS = ("brightness", "hue", "saturation", "flip", "shift", "vshift", "rotation", "scale")
 MISSING = "–"
@@ -71,6 +73,13 @@ QUALITY_COLUMNS = (
     ("judge_confidence", "judge confidence ↑", "{:.3f}"),
     ("class_entropy", "class entropy (bits)", "{:.2f}"),
 )
+AUDIT_COLUMNS = (
+    ("fcd", "audit FCD ↓", "{:.2f}"),
+    ("kid", "audit KID ↓", "{:.3f}"),
+    ("confidence", "audit confidence ↑", "{:.3f}"),
+    ("class_entropy", "audit class entropy (bits)", "{:.2f}"),
+    ("sharpness_ratio", "sharpness ratio (real = 1)", "{:.3f}"),
+)
 ORGANISATION_COLUMNS = (
     ("beta", "β", "{:g}"),
     ("total_correlation", "Gaussian TC of q(z) (nats) ↓", "{:.2f}"),
@@ -86,6 +95,11 @@ ABLATION_COLUMNS = (
     ("fcd", "FCD, z ~ N(0, I) ↓", "{:.1f}"),
     ("sampler_fcd", "FCD, sampler ↓", "{:.1f}"),
     ("recon_fcd", "FCD, reconstructions ↓", "{:.1f}"),
+    ("recon_judge_accuracy", "judge accuracy, reconstructions ↑", "{:.3f}"),
+    ("audit_sampler_fcd", "audit FCD, sampler ↓", "{:.1f}"),
+    ("audit_recon_fcd", "audit FCD, reconstructions ↓", "{:.1f}"),
+    ("sampler_sharpness_ratio", "sharpness, sampler", "{:.3f}"),
+    ("recon_sharpness_ratio", "sharpness, reconstructions", "{:.3f}"),
     ("test_bpd", "test bits/dim ↓", "{:.3f}"),
     ("test_psnr", "PSNR (dB) ↑", "{:.2f}"),
     ("rate_nats", "rate (nats)", "{:.1f}"),
@@ -110,6 +124,30 @@ def quality_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any
             body.append({k.removeprefix(prefix): v for k, v in r.items() if k.startswith(prefix)} if prefix else r)
             labels.append(f"β = {r['beta']:g}: {what}")
     return table(body, QUALITY_COLUMNS, ("images", labels))
+
+
+def audit_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] | None) -> str:
+    """The same image sets scored by the audit network (another architecture, trained apart from the judge) and by
+    the non-learned sharpness ratio: the real-image reference row (when the audit's metrics are given), then per beta
+    z ~ N(0, I) decoded, the ex-post sampler's samples and the reconstructions."""
+    rows = sorted(rows, key=lambda r: r["beta"])
+    body, labels = [], []
+    if reference is not None:
+        body.append({"fcd": reference["real_fcd"], "kid": reference["real_kid"],
+                     "confidence": reference["real_judge_confidence"], "class_entropy": reference["real_class_entropy"]})
+        labels.append("real train images (reference)")
+    for prefix, what in (("", "z ~ N(0, I) decoded"), ("sampler_", "ex-post sampler"),
+                         ("recon_", "reconstructions")):
+        for r in rows:
+            cells = {}
+            for k, v in r.items():
+                if k.startswith(f"audit_{prefix}") and (prefix or not k.startswith(("audit_sampler_", "audit_recon_"))):
+                    cells[k.removeprefix(f"audit_{prefix}")] = v
+                elif k.startswith(f"{prefix}sharpness_ratio"):
+                    cells[k.removeprefix(prefix)] = v
+            body.append(cells)
+            labels.append(f"β = {r['beta']:g}: {what}")
+    return table(body, AUDIT_COLUMNS, ("images", labels))
 
 
 def organisation_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -167,7 +205,10 @@ def recipe_changes(recipe: Mapping[str, Mapping[str, Any]], preset: Mapping[str,
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for key, value in recipe[section].items():
-            if key not in ("betas", "threads") and preset[section].get(key, defaults.get(key)) != value:
+            theirs = preset[section].get(key, defaults.get(key))
+            if isinstance(theirs, tuple):  # a code default; the files hold lists
+                theirs = list(theirs)
+            if key not in ("betas", "threads") and theirs != value:
                 out.append(f"{section}.{key} = {value if not isinstance(value, float) else f'{value:g}'}")
     return out
 
@@ -308,6 +349,57 @@ def spread_table(preset: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+AGREEMENT_SETS = (("sampler_", "sampler"), ("recon_", "reconstructions"))
+
+
+def _towards_one(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
+    """'closer to 1' / 'further from 1' (b against a) where the two intervals of a ratio separate."""
+    if direction(a, b, key) == "no measurable difference":
+        return "no measurable difference"
+    return "closer to 1" if abs(b[key] - 1) < abs(a[key] - 1) else "further from 1"
+
+
+def agreement(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str) -> tuple[list[str], str]:
+    """How the image set `prefix` of row b differs from row a by the judge's FCD, the audit's FCD and the sharpness
+    ratio (each a direction only where the 95% intervals separate), and the verdict: 'better' or 'worse' only where
+    all three agree, else 'no agreement' (or 'not measured' when a row lacks a key)."""
+    keys = (f"{prefix}fcd", f"audit_{prefix}fcd", f"{prefix}sharpness_ratio")
+    if not all(f"{k}{e}" in r for r in (a, b) for k in keys for e in ("", "_lo", "_hi")):
+        return [MISSING] * 3, "not measured"
+    said = [direction(a, b, keys[0]), direction(a, b, keys[1]), _towards_one(a, b, keys[2])]
+    if said == ["lower", "lower", "closer to 1"]:
+        return said, "**better**"
+    if said == ["higher", "higher", "further from 1"]:
+        return said, "**worse**"
+    return said, "no agreement"
+
+
+def agreement_table(presets: Sequence[Mapping[str, Any]]) -> str:
+    """Each single-seed preset against the earlier preset run on the same budget (training images, epochs, beta)
+    whose recipe differs from it in the fewest keys (the first such on a tie): do the judge, the audit network and
+    the sharpness ratio see the same change? Empty when no two presets share a budget."""
+    lines = ["| preset | against (what differs) | sampler: judge FCD | audit FCD | sharpness | verdict | "
+             "reconstructions: judge FCD | audit FCD | sharpness | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    earlier: dict[tuple, list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
+    for p in presets:
+        if len(p.get("seeds", [0])) != 1:
+            continue
+        for r in preset_rows(p):
+            budget = (p.get("data", {}).get("subset"), p["train"].get("epochs"), r["beta"])
+            candidates = earlier.setdefault(budget, [])
+            if candidates:
+                ref_preset, ref = min(candidates, key=lambda c: len(recipe_changes(p, c[0])))
+                cells = []
+                for prefix, _ in AGREEMENT_SETS:
+                    said, verdict = agreement(ref, r, prefix)
+                    cells += [*said, verdict]
+                changed = ", ".join(recipe_changes(p, ref_preset)) or "no model or train key"
+                lines.append(f"| `{p['preset']}` | `{ref_preset['preset']}` ({changed}) | " + " | ".join(cells) + " |")
+            candidates.append((p, r))
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def ablation_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mapping[str, Any]], judge_md5: str,
                      recipe: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """The report's ablation lines: each single-seed preset that ran at the beta nearest 1, then this run's
@@ -323,18 +415,25 @@ def ablation_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mappin
         lines += [f"**Warning:** judged by another judge model than this run's: {', '.join(stale)}. Rerun "
                   "those presets for comparable sample-quality numbers.", ""]
     final = min(rows, key=lambda r: abs(r["beta"] - 1.0))
-    return lines + [ablation_table(single, final, recipe), ""]
+    lines += [ablation_table(single, final, recipe), ""]
+    agree = agreement_table(single)
+    if agree:
+        lines += ["A recipe change counts only where the judge, the audit network and the sharpness ratio agree on its "
+                  "direction: each preset against the earlier preset of the same budget whose recipe differs least "
+                  "(95% intervals; the seed-to-seed spread is not subtracted here).", "", agree, ""]
+    return lines
 
 
 def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any],
            reference: Mapping[str, Any], comparison: Mapping[str, str],
            presets: Sequence[Mapping[str, Any]] = (), judge_md5: str = "",
-           recipe: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+           recipe: Mapping[str, Mapping[str, Any]] | None = None,
+           audit_reference: Mapping[str, Any] | None = None) -> str:
     """The whole report as markdown. `figures` maps a beta tag to its figures folder relative to the report,
     `comparison` a cross-beta figure stem to its path; `setup` describes the run (epochs, data size, model
     choices); `reference` holds the judge's metrics and the real-image reference row; `presets` the results
     of the presets that were run (ablation steps, the multi-seed spread), `judge_md5` this run's judge and
-    `recipe` this run's model and train params (plain dicts)."""
+    `recipe` this run's model and train params (plain dicts), `audit_reference` the audit network's metrics."""
     rows = sorted(rows, key=lambda r: r["beta"])
     r0 = rows[0]
     spread_preset, spread = seed_spread(presets)
@@ -349,19 +448,31 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         f"{100 * reference['test_accuracy']:.1f}% test accuracy. Every number in brackets is a 95% bootstrap interval "
         f"over the test images ({r0.get('bootstrap_reps', 'see params.yaml `evaluate.bootstrap`')} resamples).",
         "",
+        "## Samples",
+        "",
+        "Per β: 16 images from the ex-post sampler (a mixture fitted to the codes of the training images by stage "
+        "`sampler`; what the CLI and the registered model draw), 16 decoded from z ~ N(0, I) (the same seeded draws "
+        "for every β), an interpolation between the codes of two test images, and reconstructions of test images.",
+        "",
+        "| " + " | ".join(f"β = {r['beta']:g}: {what}" for r in rows for what in ("sampler", "z ~ N(0, I)")) + " |",
+        "|" + "|".join(":---:" for _ in range(2 * len(rows))) + "|",
+        "| " + " | ".join(f"![β = {r['beta']:g}, {stem}]({figures[r['tag']]}/{stem}.png)"
+                          for r in rows for stem in ("sampler_samples", "prior_samples")) + " |",
+        "",
+        *[line for r in rows for line in (
+            f"![β = {r['beta']:g}: interpolation between two test images]({figures[r['tag']]}/interpolation_test.png)",
+            "", f"![β = {r['beta']:g}: reconstructions]({figures[r['tag']]}/reconstructions.png)", "")],
+        "Measured on these models: "
+        + "; ".join(f"β = {r['beta']:g}: sampler FCD {_cell(r, 'sampler_fcd', '{:.1f}')} (audit "
+                    f"{_cell(r, 'audit_sampler_fcd', '{:.1f}')}), sharpness {_cell(r, 'sampler_sharpness_ratio', '{:.2f}')}; "
+                    f"reconstructions: FCD {_cell(r, 'recon_fcd', '{:.1f}')}, judge accuracy "
+                    f"{_cell(r, 'recon_judge_accuracy', '{:.3f}')}" for r in rows)
+        + f" (real images: FCD {reference['real_fcd']:.2f}, judge accuracy {reference['test_accuracy']:.3f}). "
+        "The section *Sample quality* has every set and the ablation table what each recipe change bought.",
+        "",
         "## Summary",
         "",
         summary(rows, spread),
-        "",
-        "## Samples",
-        "",
-        "Per β: 16 images decoded from z ~ N(0, I) (the same seeded draws for every β), and 16 from the ex-post "
-        "sampler, a mixture fitted to the codes of the training images by stage `sampler`.",
-        "",
-        "| " + " | ".join(f"β = {r['beta']:g}: {what}" for r in rows for what in ("z ~ N(0, I)", "sampler")) + " |",
-        "|" + "|".join(":---:" for _ in range(2 * len(rows))) + "|",
-        "| " + " | ".join(f"![β = {r['beta']:g}, {stem}]({figures[r['tag']]}/{stem}.png)"
-                          for r in rows for stem in ("prior_samples", "sampler_samples")) + " |",
         "",
         "## Traversals",
         "",
@@ -394,6 +505,14 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "all ten classes equally often). The judge classifies reconstructions correctly "
         + ", ".join(f"{_cell(r, 'recon_judge_accuracy', '{:.3f}')} of the time at β = {r['beta']:g}" for r in rows)
         + f" (real test images: {reference['test_accuracy']:.3f}).",
+        "",
+        "The same images scored by the **audit** network (stage `audit`: a ResNet trained apart from the judge, with "
+        "another seed; like the judge it never trains anything) and by the **sharpness ratio**, the mean power of "
+        "the luminance above half the Nyquist frequency relative to the test images' (1: as much fine detail as "
+        "real images; below 1: blurrier). Neither is the feature network of the perceptual term (stage `features`), "
+        "so a change that only fools the judge, or only the network the VAE trained against, shows up here.",
+        "",
+        audit_table(rows, audit_reference),
         "",
         "## Organisation of the latent space",
         "",

@@ -15,11 +15,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from vaelab.data import batch_indices, to_unit
-from vaelab.loss import vae_loss
+from vaelab.loss import Activations, vae_loss
 from vaelab.params import TrainConfig
 from vaelab.precision import autocast
 
-TERMS = ("loss", "recon", "kl", "mmd", "bpd")
+TERMS = ("loss", "recon", "perceptual", "kl", "mmd", "bpd")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,9 +60,9 @@ def swapped_in(params: list[torch.Tensor], ema: list[torch.Tensor] | None) -> It
 @torch.no_grad()
 def evaluate_terms(
     model: nn.Module, x: torch.Tensor, beta: float, device: torch.device, batch_size: int = 500, bf16: bool = True,
-    mmd_weight: float = 0.0,
+    mmd_weight: float = 0.0, perceptual: Activations | None = None, perceptual_weight: float = 0.0,
 ) -> dict[str, float]:
-    """Mean loss / recon / kl (nats per image), mmd and bpd over uint8 images x (N, 3, 32, 32)."""
+    """Mean loss / recon / kl (nats per image), perceptual, mmd and bpd over uint8 images x (N, 3, 32, 32)."""
     core = getattr(model, "module", model)  # unwrap DDP
     was_training = core.training
     core.eval()
@@ -71,7 +71,7 @@ def evaluate_terms(
         xb = to_unit(x[idx].to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             out = core(xb)
-        terms = vae_loss(xb, out, beta, core.cfg.likelihood, core.log_sigma, mmd_weight)
+        terms = vae_loss(xb, out, beta, core.cfg.likelihood, core.log_sigma, mmd_weight, perceptual, perceptual_weight)
         for k in TERMS:
             sums[k] += float(terms[k]) * len(idx)
     core.train(was_training)
@@ -91,6 +91,7 @@ def train(
     on_epoch: Callable[[dict[str, float], dict[str, Any]], None] | None = None,
     progress: bool = True,
     resume: dict[str, Any] | None = None,
+    perceptual: Activations | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` on uint8 images and return the per-epoch history (train_* and test_* terms, nats / bits/dim).
 
@@ -100,6 +101,8 @@ def train(
     CPU). Raises NonFiniteLossError on a NaN/Inf loss, before the optimizer step can spoil the weights.
     With cfg.ema_decay > 0 the per-epoch test terms are those of the weights' moving average, and the model
     ends holding that average (the state passed to `on_epoch` carries both).
+    `perceptual` gives the frozen feature network's activations of images in [-1, 1], for the
+    cfg.perceptual_weight * D_feat term.
     """
     core = getattr(model, "module", model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -136,7 +139,8 @@ def train(
             with autocast(device, cfg.bf16):
                 out = model(xb)
             w = kl_weight(epoch - 1 + i / steps_per_epoch, beta, cfg)
-            terms = vae_loss(xb, out, w, core.cfg.likelihood, core.log_sigma, cfg.mmd_weight)
+            terms = vae_loss(xb, out, w, core.cfg.likelihood, core.log_sigma, cfg.mmd_weight, perceptual,
+                             cfg.perceptual_weight)
             vals = {k: terms[k].item() for k in TERMS}
             if not math.isfinite(vals["loss"]):
                 raise NonFiniteLossError(
@@ -162,7 +166,8 @@ def train(
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
         with swapped_in(params, ema):
-            test = evaluate_terms(model, test_x, beta, device, bf16=cfg.bf16, mmd_weight=cfg.mmd_weight)
+            test = evaluate_terms(model, test_x, beta, device, bf16=cfg.bf16, mmd_weight=cfg.mmd_weight,
+                                  perceptual=perceptual, perceptual_weight=cfg.perceptual_weight)
         row.update({f"test_{k}": v for k, v in test.items()})
         row.update({"lr": lr, "epoch_seconds": train_seconds,
                     "images_per_second": steps_per_epoch * cfg.batch_size * world_size / train_seconds})

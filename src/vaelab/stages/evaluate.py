@@ -10,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaelab import data, density, factors, judge, metrics, organisation, quality, storage, tracking
+from vaelab import classifier, data, density, factors, metrics, organisation, quality, storage, tracking
 from vaelab.intervals import bootstrap, mean_interval, with_interval
 from vaelab.loss import bits_per_dim
 from vaelab.model import load_model
-from vaelab.params import JudgeConfig, from_dict
 from vaelab.stages import layout
 
 
@@ -36,9 +35,7 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
     bf16 = config["train"]["bf16"]
-    state, judge_config = storage.load_state(layout.JUDGE_MODEL, device)
-    judge_cfg = from_dict(JudgeConfig, judge_config["judge"])
-    judge_net = judge.from_state(state, judge_cfg, device)
+    scorers = {role: classifier.load(layout.CLASSIFIERS[role].model, device) for role in ("judge", "audit")}
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     n_test = len(ds.test_x)
     clock = [t0]
@@ -83,12 +80,29 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     m |= factor_m
     timed(f"{len(transforms)} factors")
 
-    # Sample quality, judged against the judge's features of the test images.
-    test_feats, _ = judge.predict(judge_net, ds.test_x, device, bf16=judge_cfg.bf16)
+    # Sample quality: each set of images scored by the judge (unprefixed keys) and by the audit network (audit_*),
+    # against their features of the test images, and by the non-learned sharpness ratio.
+    test_feats = {role: classifier.predict(net, ds.test_x, device, bf16=cfg.bf16)[0]
+                  for role, (net, cfg) in scorers.items()}
+    test_hf = quality.high_frequency_energy(ds.test_x)
 
-    def judged(images_u8: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
-        feats, probs = judge.predict(judge_net, images_u8, device, bf16=judge_cfg.bf16)
-        return quality.sample_quality(feats, probs, test_feats, ev.kid_subsets, ev.kid_subset_size, seed, reps), probs
+    def judged(images_u8: torch.Tensor, name: str = "", labels: torch.Tensor | None = None) -> dict[str, float]:
+        """Keys of one image set (name: "", "sampler_" or "recon_"): the judge's <name>fcd, ...; the audit's
+        audit_<name>fcd, ... (its confidence as audit_<name>confidence); <name>sharpness_ratio."""
+        out: dict[str, float] = {}
+        for role, (net, cfg) in scorers.items():
+            feats, probs = classifier.predict(net, images_u8, device, bf16=cfg.bf16)
+            q = quality.sample_quality(feats, probs, test_feats[role], ev.kid_subsets, ev.kid_subset_size, seed, reps)
+            if labels is not None:
+                q |= with_interval("accuracy", *mean_interval((probs.argmax(1) == labels).double(), reps, seed))
+            if role == "judge":
+                out |= {name + k.replace("accuracy", "judge_accuracy"): v for k, v in q.items()}
+            else:
+                out |= {f"{role}_{name}" + k.replace("judge_", ""): v for k, v in q.items()}
+        hf = quality.high_frequency_energy(images_u8)
+        return out | with_interval(f"{name}sharpness_ratio", quality.sharpness_ratio(hf, test_hf),
+                                   bootstrap(lambda i, j: quality.sharpness_ratio(hf[i], test_hf[j]),
+                                             [len(hf), len(test_hf)], reps, seed + 3))
 
     def decoded(z: torch.Tensor) -> torch.Tensor:
         return torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
@@ -96,17 +110,14 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     g = torch.Generator().manual_seed(seed)
     # z ~ N(0, I) decoded directly (through the prior's flow for a flow-prior model), the literal prior samples.
     z = model.codes(torch.randn(ev.n_samples, model.cfg.latent_dim, generator=g))
-    m |= judged(decoded(z))[0]
+    m |= judged(decoded(z))
     m["n_samples"] = ev.n_samples
     # The ex-post sampler, fitted once by sampler@<beta>.
-    m |= {f"sampler_{k}": v for k, v in judged(decoded(density.sample(gmm, ev.n_samples, g)))[0].items()}
+    m |= judged(decoded(density.sample(gmm, ev.n_samples, g)), "sampler_")
     m["sampler_components"] = gmm.components
     timed(f"{ev.n_samples} samples from N(0, I) and from the sampler judged")
     n_rec = min(ev.n_samples, n_test)
-    rec, probs = judged(decoded(mu[:n_rec]))
-    m |= {f"recon_{k}": v for k, v in rec.items()}
-    m |= with_interval("recon_judge_accuracy",
-                       *mean_interval((probs.argmax(1) == ds.test_y[:n_rec]).double(), reps, seed))
+    m |= judged(decoded(mu[:n_rec]), "recon_", ds.test_y[:n_rec])
     timed("reconstructions judged")
     m["bootstrap_reps"] = reps
     m["eval_seconds"] = time.perf_counter() - t0
@@ -131,7 +142,10 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
           f"factor score {m['factor_score']:.3f}, readability R² {m['factor_r2']:.3f}; N(0, I): fcd {m['fcd']:.2f} "
           f"[{m['fcd_lo']:.2f}, {m['fcd_hi']:.2f}], class entropy {m['class_entropy']:.2f} bits; sampler: fcd "
           f"{m['sampler_fcd']:.2f}, class entropy {m['sampler_class_entropy']:.2f}; reconstructions: fcd "
-          f"{m['recon_fcd']:.2f}; {m['eval_seconds']:.0f} s")
+          f"{m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}; audit: sampler fcd "
+          f"{m['audit_sampler_fcd']:.2f}, reconstructions {m['audit_recon_fcd']:.2f}; sharpness ratio: sampler "
+          f"{m['sampler_sharpness_ratio']:.3f}, reconstructions {m['recon_sharpness_ratio']:.3f}; "
+          f"{m['eval_seconds']:.0f} s")
     return 0
 
 

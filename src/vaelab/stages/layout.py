@@ -15,12 +15,7 @@ from vaelab.params import ParamsError, Params, load_params
 PARAMS_FILE = Path("params.yaml")
 BATCHES = Path("cifar-10-batches-py")
 
-# The judge classifier (stage `judge`) and the cross-beta figures of the report stage.
-JUDGE_DIR = Path("models") / "judge"
-JUDGE_MODEL = JUDGE_DIR / "judge.pt"
-JUDGE_RUN = JUDGE_DIR / "mlflow_run.json"
-JUDGE_METRICS = Path("metrics") / "judge.json"
-JUDGE_HISTORY = Path("metrics") / "judge_history.csv"
+# The cross-beta figures of the report stage.
 COMPARISON = Path("reports") / "comparison"
 # Results of params.yaml's presets (python -m vaelab.stages.preset NAME): small, git-tracked, read by the report.
 PRESET_RESULTS = Path("reports") / "presets"
@@ -29,6 +24,40 @@ PRESET_RESULTS = Path("reports") / "presets"
 def preset_results_file(name: str) -> Path:
     """Where a preset's measured numbers are written (and read by the report stage)."""
     return PRESET_RESULTS / f"{name}.json"
+
+
+@dataclass(frozen=True)
+class ClassifierPaths:
+    """Files of one classifier stage (judge, audit, features; the role is the stage's and its params section's
+    name), as declared in dvc.yaml."""
+
+    role: str
+
+    @property
+    def model_dir(self) -> Path:
+        return Path("models") / self.role
+
+    @property
+    def model(self) -> Path:
+        return self.model_dir / f"{self.role}.pt"
+
+    @property
+    def run_file(self) -> Path:
+        return self.model_dir / "mlflow_run.json"
+
+    @property
+    def metrics(self) -> Path:
+        return Path("metrics") / f"{self.role}.json"
+
+    @property
+    def history(self) -> Path:
+        return Path("metrics") / f"{self.role}_history.csv"
+
+
+# The two networks that score samples (never trained against) and the one whose activations define the perceptual
+# term of the VAE's loss (never scoring anything).
+JUDGE, AUDIT, FEATURES = ClassifierPaths("judge"), ClassifierPaths("audit"), ClassifierPaths("features")
+CLASSIFIERS = {c.role: c for c in (JUDGE, AUDIT, FEATURES)}
 
 
 @dataclass(frozen=True)

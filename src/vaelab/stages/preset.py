@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     description, per_seed = presets[args.name]
     first = per_seed[0]
     batches = Path(first.data.root) / layout.BATCHES
-    for need, stage in ((batches, "download"), (layout.JUDGE_MODEL, "judge")):
+    for need, stage in ((batches, "download"), *((c.model, c.role) for c in layout.CLASSIFIERS.values())):
         if not need.exists():
-            print(f"preset: {need} is missing; run `dvc repro {stage}` first (a preset is judged by the default "
-                  f"pipeline's judge)", file=sys.stderr)
+            print(f"preset: {need} is missing; run `dvc repro {stage}` first (a preset is trained with the default "
+                  f"pipeline's feature network and judged by its judge and audit)", file=sys.stderr)
             return 2
     layout.set_threads(first.train.threads)
     rows = []
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": [p.seed for p in per_seed],
         "git_commit": tracking.git_commit(layout.repo_root()),
         # The evaluation it was measured with: the report flags a preset judged by another judge.
-        "judge_md5": storage.weights_md5(layout.JUDGE_MODEL),
+        "judge_md5": storage.weights_md5(layout.JUDGE.model),
+        "audit_md5": storage.weights_md5(layout.AUDIT.model),
+        "features_md5": storage.weights_md5(layout.FEATURES.model),
         "betas": rows,
     }
     storage.write_json(layout.preset_results_file(args.name), out)

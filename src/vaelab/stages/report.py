@@ -11,7 +11,7 @@ import pandas as pd
 
 from vaelab import plots, report, storage
 from vaelab.params import ParamsError, Params, load_params, load_presets, to_dict
-from vaelab.stages.layout import COMPARISON, JUDGE_METRICS, JUDGE_MODEL, PARAMS_FILE, BetaPaths, preset_results_file
+from vaelab.stages.layout import AUDIT, COMPARISON, JUDGE, PARAMS_FILE, BetaPaths, preset_results_file
 
 REPORT = Path("reports/report.md")
 REPORT_HTML = Path("reports/report.html")  # the same report with every image embedded: one file to open or send
@@ -51,8 +51,14 @@ def choices(params: Params) -> list[str]:
     m, t = params.model, params.train
     lik = {"logistic": "a per-pixel discretized logistic over the 256 intensity levels (mean and scale per "
                        "pixel and channel), so the reconstruction term is an exact discrete log-likelihood",
-           "gaussian": "a discretized Gaussian with one learned global σ (σ-VAE style)"}[m.likelihood]
+           "gaussian": "a discretized Gaussian with " + {
+               "global": "one learned global σ (σ-VAE style)", "channel": "one learned σ per colour channel",
+               "pixel": "a σ per pixel and channel predicted by the decoder"}[m.sigma]}[m.likelihood]
     objective = "−log p(x|z) + β · KL(q(z|x) ‖ N(0, I)), the KL in closed form: the β-VAE objective"
+    if t.perceptual_weight > 0:
+        objective = (f"−log p(x|z) + {t.perceptual_weight:g} · D_feat(x, x̂) + β · KL(q(z|x) ‖ N(0, I)), the KL in "
+                     "closed form; D_feat is the perceptual distance in the activations of the `features` network "
+                     f"({params.features.arch}, never used to score), which bits/dim leaves out")
     if m.prior_flows:
         objective = (f"−log p(x|z) + β · KL(q(z|x) ‖ p(z)) with a learned prior p(z): N(0, I) pushed through "
                      f"{m.prior_flows} affine couplings (RealNVP), the KL a single-sample estimate")
@@ -61,7 +67,10 @@ def choices(params: Params) -> list[str]:
     return [
         f"Loss: {objective}; β multiplies the KL only.",
         f"Latent size z = {m.latent_dim}; encoder and decoder are convolutional with widths {list(m.widths)} "
-        f"(32 → 16 → 8 → 4 pixels) and {m.res_blocks} residual block(s) per resolution.",
+        f"(32 → 16 → 8 → 4 pixels) and {m.res_blocks} residual block(s) per resolution; the decoder upsamples by "
+        + ("4×4 transposed convolutions" if m.upsample == "transposed" else "nearest-neighbour ×2 then a 3×3 convolution")
+        + (f", with widths {list(m.decoder_widths)}" if m.decoder_widths else "")
+        + (f" and {m.decoder_res_blocks} more residual block(s) per resolution" if m.decoder_res_blocks else "") + ".",
         f"Decoder likelihood: {lik}.",
         f"AdamW, learning rate {t.lr:g} with {t.warmup_steps} warm-up steps and cosine decay, batch {t.batch_size}, "
         f"{t.epochs} epochs, gradient-norm clip {t.grad_clip:g}, bf16 autocast: {t.bf16}.",
@@ -78,9 +87,12 @@ def main() -> int:
     try:
         params = load_params(PARAMS_FILE)
         rows = collect(params)
-        if not JUDGE_METRICS.is_file():
-            raise FileNotFoundError(f"{JUDGE_METRICS} is missing: run the judge stage (dvc repro)")
-        reference = storage.read_json(JUDGE_METRICS)
+        if not JUDGE.metrics.is_file():
+            raise FileNotFoundError(f"{JUDGE.metrics} is missing: run the judge stage (dvc repro)")
+        reference = storage.read_json(JUDGE.metrics)
+        if not AUDIT.metrics.is_file():
+            raise FileNotFoundError(f"{AUDIT.metrics} is missing: run the audit stage (dvc repro)")
+        audit_reference = storage.read_json(AUDIT.metrics)
         presets = preset_results()
     except (ParamsError, FileNotFoundError) as e:
         print(f"report: {e}", file=sys.stderr)
@@ -107,9 +119,9 @@ def main() -> int:
         links[stem] = os.path.relpath(out, REPORT.parent)
     curves = pd.concat([pd.read_csv(BetaPaths(r["tag"]).history).assign(beta=f"{r['beta']:g}") for r in rows])
     storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
-    judge_md5 = storage.weights_md5(JUDGE_MODEL)
+    judge_md5 = storage.weights_md5(JUDGE.model)
     recipe = {"model": to_dict(params.model), "train": to_dict(params.train)}
-    md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe)
+    md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe, audit_reference)
     html = report.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
     storage.write_text(REPORT, md)
     storage.write_text(REPORT_HTML, html)

@@ -9,19 +9,36 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaelab import data, storage, tracking
+from vaelab import classifier, data, storage, tracking
+from vaelab.loss import Activations
 from vaelab.model import VAE
-from vaelab.precision import count_parameters
+from vaelab.precision import autocast, count_parameters
 from vaelab.params import flatten, to_dict
 from vaelab.stages import layout
 from vaelab.train import NonFiniteLossError, train
 
 
 def resolved_config(params, beta: float) -> dict:
-    """What defines one trained model: beta, seed, data subset, model and recipe (train.betas excluded)."""
+    """What defines one trained model: beta, seed, data subset, model and recipe (train.betas excluded), and the
+    feature network of its perceptual term (the md5 of its weights) when that term is on."""
     recipe = {k: v for k, v in to_dict(params.train).items() if k != "betas"}
-    return {"beta": beta, "seed": params.seed, "data": {"subset": params.data.subset},
-            "model": to_dict(params.model), "train": recipe}
+    config = {"beta": beta, "seed": params.seed, "data": {"subset": params.data.subset},
+              "model": to_dict(params.model), "train": recipe}
+    if params.train.perceptual_weight > 0:
+        config["features_md5"] = storage.weights_md5(layout.FEATURES.model)
+    return config
+
+
+def feature_activations(device: torch.device, bf16: bool) -> Activations:
+    """The frozen feature network (stage `features`) as the perceptual term reads it: images in [-1, 1] ->
+    its three layers' activations (float32)."""
+    net, _ = classifier.load(layout.FEATURES.model, device)
+
+    def activations(x: torch.Tensor) -> list[torch.Tensor]:
+        with autocast(device, bf16):
+            return [a.float() for a in net.activations((x + 1.0) / 2.0)]
+
+    return activations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +51,10 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     `<preset>-beta-B`), "" is the default pipeline. Returns the exit status."""
     torch.manual_seed(params.seed)
     device = layout.device()
+    if params.train.perceptual_weight > 0 and not layout.FEATURES.model.is_file():
+        print(f"train: train.perceptual_weight > 0 needs the feature network {layout.FEATURES.model}; run "
+              f"`dvc repro features` first", file=sys.stderr)
+        return 2
     config = resolved_config(params, beta)
     root = layout.repo_root()
     uri = tracking.resolve_uri(params.tracking.uri, root)
@@ -49,7 +70,9 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     description = (f"{preset + ' preset: ' if preset else ''}β = {beta:g}, {params.train.epochs} epochs on "
                    f"{n_train} CIFAR-10 training images, z = {params.model.latent_dim}, {params.model.likelihood} decoder"
                    + (f", flow prior ({params.model.prior_flows} couplings)" if params.model.prior_flows else "")
-                   + (f", MMD weight {params.train.mmd_weight:g}" if params.train.mmd_weight > 0 else ""))
+                   + (f", MMD weight {params.train.mmd_weight:g}" if params.train.mmd_weight > 0 else "")
+                   + (f", perceptual weight {params.train.perceptual_weight:g}"
+                      if params.train.perceptual_weight > 0 else ""))
     ckpt = storage.load_checkpoint(paths.checkpoint)
     if ckpt is not None and ckpt["config"] != config:
         print(f"train: ignoring {paths.checkpoint}: it was written with other params")
@@ -98,8 +121,10 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
                 tracking.log_params(flatten(config) | {"data.n_train": n_train, "data.n_test": len(ds.test_x),
                                                        "model.parameters": count_parameters(model)})
             run_id = active
+            perceptual = (feature_activations(device, params.train.bf16) if params.train.perceptual_weight > 0
+                          else None)
             history = train(model, ds.train_x, ds.test_x, beta, params.train, params.seed, device,
-                            on_epoch=on_epoch, resume=ckpt["state"] if ckpt else None)
+                            on_epoch=on_epoch, resume=ckpt["state"] if ckpt else None, perceptual=perceptual)
             seconds = previous_seconds + time.perf_counter() - t0
             last = history[-1]
             summary = {
