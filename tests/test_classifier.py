@@ -9,7 +9,8 @@ from conftest import REPO, SHARED_TARBALL, need_dataset
 from vaelab.data import BATCHES_DIR, load, prepare
 from dataclasses import replace
 
-from vaelab.classifier import AirbenchNet, accuracy, augment, build, load, predict, train_classifier
+from vaelab.classifier import AirbenchNet, accuracy, augment, build, predict, train_classifier
+from vaelab.classifier import load as load_classifier
 from vaelab.params import ClassifierConfig, load_params
 from vaelab.storage import save_model
 
@@ -81,7 +82,7 @@ def test_a_loaded_classifier_is_frozen_and_predicts_like_the_trained_one(tmp_pat
     model = train_classifier(x, y, replace(TINY, arch="vgg", epochs=2), device=torch.device("cpu"))
     save_model(tmp_path / "features.pt", model, {"role": "features", "classifier": {"arch": "vgg", "widths": [8, 16, 16],
                                                                                   "whiten_width": 8, "bf16": False}})
-    loaded, cfg = load(tmp_path / "features.pt", torch.device("cpu"))
+    loaded, cfg = load_classifier(tmp_path / "features.pt", torch.device("cpu"))
     assert cfg.arch == "vgg" and not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
     torch.testing.assert_close(predict(loaded, x[:32], torch.device("cpu"), bf16=False)[1],
                                predict(model, x[:32], torch.device("cpu"), bf16=False)[1])
