@@ -132,7 +132,7 @@ def make_small_repo(dest: Path) -> Path:
     for role in ("judge", "audit", "features"):
         params[role].update({"widths": [8, 16, 16], "epochs": 1, "batch_size": 256})
     params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
-    params["evaluate"].update({"n_samples": 2000, "kid_subsets": 10, "iw_images": 100})
+    params["evaluate"].update({"n_samples": 1000, "kid_subsets": 10, "iw_images": 100, "bootstrap": 50})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}

@@ -56,7 +56,7 @@ def test_report_html_shows_every_image_and_the_beta_table(reproduced_repo, brows
     assert re.fullmatch(r"\d+\.\d{3} \[\d+\.\d{3}, \d+\.\d{3}\]",
                         beta_table.find_element("css selector", "tbody tr td:nth-child(2)").text)
     # The first table shows the samples: z ~ N(0, I) and the sampler's, per beta, side by side.
-    assert heads[0] == ["β = 1: z ~ N(0, I)", "β = 1: sampler", "β = 5: z ~ N(0, I)", "β = 5: sampler"], heads[0]
+    assert heads[0] == ["β = 1: sampler", "β = 1: z ~ N(0, I)", "β = 5: sampler", "β = 5: z ~ N(0, I)"], heads[0]
     assert browser.find_element("tag name", "h1").text.startswith("β-VAE on CIFAR-10")
     _full_page_screenshot(browser, screenshots / "report_html.png")
 
