@@ -1,6 +1,7 @@
 """DVC stage `train@<beta>`: train one VAE, log its run to MLflow, save the model, history and summary metrics."""
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -97,6 +98,8 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
 
     tags = {"dvc_stage": f"train@{paths.tag}", "git_commit": tracking.git_commit(root), "beta": f"{beta:g}",
             "preset": preset or "default"}
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` (also queued): find a sweep's runs by its name
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     print(f"train: β = {beta:g} on {device}, {n_train} images, {count_parameters(model) / 1e6:.2f}M parameters, "
           f"MLflow {uri}")
     try:
