@@ -37,6 +37,18 @@ def test_stage_deps_cover_imported_modules(stage):
     assert not missing, f"stage {stage} runs code that its deps do not list: {sorted(missing)}"
 
 
+@pytest.mark.parametrize("stage", ["judge", "audit", "features", "train", "sampler"])
+def test_expensive_stages_stay_in_the_run_cache(stage):
+    """DVC 3 keeps a stage with a `cache: false` entry under `outs:` out of its run-cache (under `metrics:` or
+    `plots:` it does not): the stages that cost minutes must have none, or a shared cache cannot restore them
+    (docs/dvc-remote.md; tests/test_remote_queue.py restores them for real)."""
+    spec = DVC_YAML["stages"][stage]
+    spec = spec.get("do", spec)
+    uncached = [next(iter(o)) for o in spec.get("outs", []) if isinstance(o, dict) and
+                next(iter(o.values())).get("cache") is False]
+    assert uncached == [], f"{stage}: move {uncached} under plots: or metrics: (keeping cache: false)"
+
+
 def test_repo_root_of_a_queued_experiment(tmp_path, monkeypatch):
     ws = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
     ws.mkdir(parents=True)

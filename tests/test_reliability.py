@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SHARED_TARBALL, need_dataset
 from vaelab import data, storage, tracking
 from vaelab.model import VAE
 from vaelab.classifier import build
@@ -242,3 +242,76 @@ def test_the_judge_is_identified_by_its_weights_not_its_file_bytes(tmp_path):
         model[1].bias[0] += 1
     storage.save_model(b, model, {"x": 1})
     assert storage.weights_md5(a) != storage.weights_md5(b)
+
+
+def _stage_processes(ws: Path) -> list[int]:
+    """PIDs of live processes working in folder ws (the launcher and its torchrun workers)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == ws.resolve():
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return pids
+
+
+@pytest.mark.slow
+def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(tmp_path):
+    """train.processes = 2 under torchrun on the real images: one MLflow run, one model, one registered version;
+    kill -9 of the launcher takes its workers down, and the rerun resumes bit-identically."""
+    need_dataset()
+    base = tmp_path / "base"
+    data.prepare([SHARED_TARBALL], "http://127.0.0.1:9/x", "0" * 32, base / "data" / data.BATCHES_DIR, 1.0)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["subset"] = 1024
+    params["train"].update({"epochs": 4, "batch_size": 64, "warmup_steps": 10, "processes": 2})
+    (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    features = ClassifierConfig(arch="vgg", widths=(8, 16, 16), bf16=False)
+    torch.manual_seed(0)
+    storage.save_model(base / "models" / "features" / "features.pt", build(features),
+                       {"role": "features", "classifier": to_dict(features), "seed": 0})
+
+    whole = _copy_workspace(base, tmp_path / "whole")
+    store = f"sqlite:///{whole / 'mlflow.db'}"
+    r = _stage(["vaelab.stages.train", "--beta", "1"], whole, _env(store), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc-per-node=2" in r.stdout and "× 2 processes" in r.stdout
+    r = _stage(["vaelab.stages.sampler", "--beta", "1"], whole, _env(store), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = tracking.find_runs(store, "cifar10-beta-vae")
+    assert run["status"] == "FINISHED" and run["params"]["train.processes"] == "2"
+    assert [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")] == [1, 2, 3, 4]
+    (version,) = tracking.model_versions(store, params["tracking"]["registered_model"])
+    assert version["run_id"] == run["run_id"] and version["aliases"] == ["beta-1"]
+    wa, ha, ja = _result(whole)
+    assert ja["processes"] == 2 and len(ha) == 4
+
+    killed = _copy_workspace(base, tmp_path / "killed")
+    store = f"sqlite:///{killed / 'mlflow.db'}"
+    ckpt = killed / "checkpoints" / "beta_1" / "last.pt"
+    launcher = subprocess.Popen([sys.executable, "-m", "vaelab.stages.train", "--beta", "1"], cwd=killed,
+                                env=_env(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and launcher.poll() is None:
+        if ckpt.is_file() and storage.load_checkpoint(ckpt)["state"]["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert launcher.poll() is None, "the stage finished before it could be killed"
+    assert len(_stage_processes(killed)) == 3  # torchrun and its two workers
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.time() + 30
+    while _stage_processes(killed) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _stage_processes(killed), "workers outlived their launcher"
+    state = storage.load_checkpoint(ckpt)["state"]
+    assert len(state["torch_rng"]) == 2  # every rank's generator
+    r = _stage(["vaelab.stages.train", "--beta", "1"], killed, _env(store), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming after epoch {state['epoch']}" in r.stdout
+    wk, hk, _ = _result(killed)
+    assert all(torch.equal(wa[k], wk[k]) for k in wa)
+    pd.testing.assert_frame_equal(ha, hk)
+    (run,) = tracking.find_runs(store, "cifar10-beta-vae")
+    assert [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")] == [1, 2, 3, 4]

@@ -91,8 +91,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of the weights, used for evaluation and saved (0 = off)
     weight_decay: float = 0.0
     grad_clip: float = 200.0  # max global gradient norm
-    bf16: bool = True  # bf16 autocast on CPU (CUDA always uses it)
-    threads: int = 0  # torch intra-op threads, 0 = all cores
+    bf16: bool = True  # bf16 autocast (CPU and CUDA); False = float32
+    threads: int = 0  # torch intra-op threads per process, 0 = the cores shared out over the processes
+    processes: int = 1  # data-parallel processes (torchrun, DDP); the global batch stays batch_size
 
     def __post_init__(self) -> None:
         _check(len(self.betas) >= 1, "train.betas", "must list at least one beta")
@@ -101,6 +102,9 @@ class TrainConfig:
         _check(len(set(self.betas)) == len(self.betas), "train.betas", f"has duplicates: {list(self.betas)}")
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 2, "train.batch_size", f"must be >= 2, got {self.batch_size}")
+        _check(self.processes >= 1, "train.processes", f"must be >= 1, got {self.processes}")
+        _check(self.batch_size % self.processes == 0 and self.batch_size // self.processes >= 2, "train.processes",
+               f"must split train.batch_size ({self.batch_size}) into equal shares of >= 2 images, got {self.processes}")
         _check(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs", "must be >= 0")

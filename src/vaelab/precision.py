@@ -9,8 +9,8 @@ import torch.nn as nn
 
 
 def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast context: always on CUDA, optional on CPU (oneDNN bf16 kernels)."""
-    if device.type == "cuda" or bf16:
+    """bf16 autocast context when `bf16` (CUDA, or oneDNN bf16 kernels on CPU); float32 otherwise."""
+    if bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 

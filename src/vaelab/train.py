@@ -1,7 +1,10 @@
 """The training loop: seeded batches from an in-memory uint8 tensor, AdamW, warm-up + cosine LR, per-epoch test.
 
-Ready for `torchrun` DDP: the caller passes device, rank and world size (and wraps the model); batches are sharded
-by rank, and only rank 0 gets progress output and the per-epoch callback that logs and writes files.
+Data-parallel under `torchrun` (the caller initialises the process group and wraps the model in DDP): every rank
+walks the same seeded batch order and takes its interleaved share of each global batch of cfg.batch_size, so the
+union of the ranks' batches is the single-process batch; DDP averages the gradients. Per-epoch sums and the test
+terms are all-reduced, a non-finite loss on any rank stops every rank, and only rank 0 (the master process) gets
+progress output and the per-epoch callback that logs and writes files.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
@@ -61,21 +65,61 @@ def swapped_in(params: list[torch.Tensor], ema: list[torch.Tensor] | None) -> It
 def evaluate_terms(
     model: nn.Module, x: torch.Tensor, beta: float, device: torch.device, batch_size: int = 500, bf16: bool = True,
     mmd_weight: float = 0.0, perceptual: Activations | None = None, perceptual_weight: float = 0.0,
+    rank: int = 0, world_size: int = 1,
 ) -> dict[str, float]:
-    """Mean loss / recon / kl (nats per image), perceptual, mmd and bpd over uint8 images x (N, 3, 32, 32)."""
-    core = getattr(model, "module", model)  # unwrap DDP
+    """Mean loss / recon / kl (nats per image), perceptual, mmd and bpd over uint8 images x (N, 3, 32, 32); with
+    world_size > 1 each rank scores every world_size-th image and the sums are all-reduced (every rank gets them)."""
+    core = getattr(model, "module", model)  # unwrap DDP: evaluation needs no gradient synchronisation
     was_training = core.training
     core.eval()
-    sums = dict.fromkeys(TERMS, 0.0)
-    for idx in batch_indices(len(x), batch_size, None):
+    sums = torch.zeros(len(TERMS), dtype=torch.float64, device=device)
+    mine = torch.arange(rank, len(x), world_size)
+    for idx in mine.split(batch_size):
         xb = to_unit(x[idx].to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             out = core(xb)
         terms = vae_loss(xb, out, beta, core.cfg.likelihood, core.log_sigma, mmd_weight, perceptual, perceptual_weight)
-        for k in TERMS:
-            sums[k] += float(terms[k]) * len(idx)
+        sums += torch.stack([terms[k].detach().double() for k in TERMS]) * len(idx)
+    if world_size > 1:
+        dist.all_reduce(sums)
     core.train(was_training)
-    return {k: v / len(x) for k, v in sums.items()}
+    return {k: float(v) / len(x) for k, v in zip(TERMS, sums.tolist())}
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random-number state that training draws from: the CPU generator, and the CUDA one on a GPU."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def all_rng_states(device: torch.device, world_size: int) -> list[dict[str, torch.Tensor]]:
+    """Every rank's `rng_state`, in rank order (a collective: all ranks call it)."""
+    mine = rng_state(device)
+    if world_size == 1:
+        return [mine]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, {k: v.cpu() for k, v in mine.items()})
+    return gathered
+
+
+def batch_terms(model: nn.Module, xb: torch.Tensor, kl_w: float, cfg: TrainConfig, device: torch.device,
+                perceptual: Activations | None = None) -> dict[str, torch.Tensor]:
+    """Named batch-mean terms (nats per image; see `vae_loss`) of images xb in [-1, 1] (B, 3, 32, 32) through
+    `model` (under DDP the forward pass is the wrapper's, so that backward all-reduces the gradients)."""
+    core = getattr(model, "module", model)
+    with autocast(device, cfg.bf16):
+        out = model(xb)
+    return vae_loss(xb, out, kl_w, core.cfg.likelihood, core.log_sigma, cfg.mmd_weight, perceptual,
+                    cfg.perceptual_weight)
 
 
 def train(
@@ -103,12 +147,18 @@ def train(
     ends holding that average (the state passed to `on_epoch` carries both).
     `perceptual` gives the frozen feature network's activations of images in [-1, 1], for the
     cfg.perceptual_weight * D_feat term.
+    With world_size > 1 (torchrun; `model` wrapped in DistributedDataParallel) each rank takes
+    cfg.batch_size / world_size images of every global batch; every rank returns the same history and raises
+    NonFiniteLossError together (the message names the ranks that diverged).
     """
     core = getattr(model, "module", model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)  # batch order; eps noise uses the global (seeded) RNG
-    steps_per_epoch = (len(train_x) // world_size) // cfg.batch_size
+    if cfg.batch_size % world_size:
+        raise ValueError(f"train.batch_size {cfg.batch_size} does not split evenly over {world_size} processes")
+    rank_batch = cfg.batch_size // world_size  # the global batch stays cfg.batch_size
+    steps_per_epoch = (len(train_x) // world_size) // rank_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_x)} training images give no full batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
@@ -122,30 +172,38 @@ def train(
             ema = [t.to(device) for t in resume["ema"]]
         opt.load_state_dict(resume["optimizer"])
         gen.set_state(resume["batch_rng"])
-        torch.set_rng_state(resume["torch_rng"])
+        if len(resume["torch_rng"]) != world_size:
+            raise ValueError(f"the checkpoint was written by {len(resume['torch_rng'])} processes, not {world_size}")
+        set_rng_state(resume["torch_rng"][rank], device)
         history = [dict(r) for r in resume["history"]]
         step, start = int(resume["step"]), int(resume["epoch"]) + 1
     model.train()
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
-        sums = dict.fromkeys(TERMS, 0.0)
+        sums = torch.zeros(len(TERMS), dtype=torch.float64)
         bar = tqdm(total=steps_per_epoch, desc=f"beta={beta:g} epoch {epoch}/{cfg.epochs}",
                    disable=not progress or rank != 0, leave=False, mininterval=2.0)
-        for i, idx in enumerate(batch_indices(len(train_x), cfg.batch_size, gen, rank, world_size)):
+        for i, idx in enumerate(batch_indices(len(train_x), rank_batch, gen, rank, world_size)):
             lr = lr_at(step, total, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             xb = to_unit(train_x[idx].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.bf16):
-                out = model(xb)
-            w = kl_weight(epoch - 1 + i / steps_per_epoch, beta, cfg)
-            terms = vae_loss(xb, out, w, core.cfg.likelihood, core.log_sigma, cfg.mmd_weight, perceptual,
-                             cfg.perceptual_weight)
+            terms = batch_terms(model, xb, kl_weight(epoch - 1 + i / steps_per_epoch, beta, cfg), cfg, device,
+                                perceptual)
             vals = {k: terms[k].item() for k in TERMS}
-            if not math.isfinite(vals["loss"]):
+            losses = [vals["loss"]]
+            if world_size > 1:
+                # Every rank learns whether any rank diverged, before backward: they stop together, none hangs.
+                every = torch.zeros(world_size, dtype=torch.float64, device=device)
+                every[rank] = vals["loss"]
+                dist.all_reduce(every)
+                losses = every.tolist()
+            bad = [r for r, v in enumerate(losses) if not math.isfinite(v)]
+            if bad:
+                where = f" on rank {', '.join(map(str, bad))} of {world_size}" if world_size > 1 else ""
                 raise NonFiniteLossError(
-                    f"non-finite loss ({vals['loss']}) at epoch {epoch}, step {i + 1} "
-                    f"(recon {vals['recon']:.4g}, kl {vals['kl']:.4g} nats); likely cause: "
+                    f"non-finite loss ({losses[bad[0]]}){where} at epoch {epoch}, step {i + 1} "
+                    f"(this rank: recon {vals['recon']:.4g}, kl {vals['kl']:.4g} nats); likely cause: "
                     f"learning rate too high (train.lr = {cfg.lr}) or diverging decoder scale"
                 )
             opt.zero_grad(set_to_none=True)
@@ -157,21 +215,27 @@ def train(
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
             step += 1
-            for k in TERMS:
-                sums[k] += vals[k]
+            sums += torch.tensor([vals[k] for k in TERMS], dtype=torch.float64)
             bar.set_postfix(loss=f"{vals['loss']:.1f}", recon=f"{vals['recon']:.1f}", kl=f"{vals['kl']:.1f}",
                             refresh=False)
             bar.update()
         bar.close()
         train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
+        if world_size > 1:  # the whole data's means, not this rank's share (gloo reduces CPU tensors)
+            sums = sums.to(device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
+        means = (sums / (steps_per_epoch * world_size)).tolist()
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in zip(TERMS, means)}}
         with swapped_in(params, ema):
             test = evaluate_terms(model, test_x, beta, device, bf16=cfg.bf16, mmd_weight=cfg.mmd_weight,
-                                  perceptual=perceptual, perceptual_weight=cfg.perceptual_weight)
+                                  perceptual=perceptual, perceptual_weight=cfg.perceptual_weight,
+                                  rank=rank, world_size=world_size)
         row.update({f"test_{k}": v for k, v in test.items()})
         row.update({"lr": lr, "epoch_seconds": train_seconds,
-                    "images_per_second": steps_per_epoch * cfg.batch_size * world_size / train_seconds})
+                    "images_per_second": steps_per_epoch * cfg.batch_size / train_seconds})
         history.append(row)
+        rngs = all_rng_states(device, world_size)  # a collective: every rank takes part, rank 0 keeps them
         if rank == 0:
             if progress:
                 tqdm.write(f"beta={beta:g} epoch {epoch}: train loss {row['train_loss']:.1f} "
@@ -179,7 +243,7 @@ def train(
                            f"test {row['test_bpd']:.3f} bits/dim, {row['images_per_second']:.0f} img/s")
             if on_epoch is not None:
                 on_epoch(row, {"epoch": epoch, "step": step, "model": core.state_dict(), "optimizer": opt.state_dict(),
-                               "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                               "batch_rng": gen.get_state(), "torch_rng": rngs,
                                "history": history, **({"ema": ema} if ema is not None else {})})
     if ema is not None:
         with torch.no_grad():

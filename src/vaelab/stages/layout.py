@@ -201,8 +201,9 @@ def device() -> torch.device:
 
 
 def set_threads(n: int) -> None:
-    """Use n intra-op threads (0 = all cores)."""
-    torch.set_num_threads(n or os.cpu_count() or 1)
+    """Use n intra-op threads (0 = this machine's cores shared out over torchrun's processes on it)."""
+    per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(n or max(1, per_process))
 
 
 class StaleSamplerError(RuntimeError):

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"preset: {need} is missing; run `dvc repro {stage}` first (a preset is trained with the default "
                   f"pipeline's feature network and judged by its judge and audit)", file=sys.stderr)
             return 2
+    if first.train.processes > 1:
+        print(f"preset: {args.name} sets train.processes = {first.train.processes}; presets train in this one "
+              f"process (use the pipeline's train stage, or `dvc exp run`, for torchrun)", file=sys.stderr)
+        return 2
     layout.set_threads(first.train.threads)
     rows = []
     for params in per_seed:
