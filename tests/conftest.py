@@ -141,6 +141,22 @@ def make_small_repo(dest: Path) -> Path:
     return dest
 
 
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+@pytest.fixture(scope="session")
+def sampler_repo(tmp_path_factory) -> Path:
+    """A tiny copy that reproduced `sampler@1` (download, features, train@1, sampler@1) and committed dvc.lock and
+    the small git-tracked results; shared by the remote, queue and tracking-server tests (clone it, or share its
+    cache, rather than change its files)."""
+    repo = make_small_repo(tmp_path_factory.mktemp("sampler") / "repo")
+    env = {**_env(repo), **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
+    _run(["dvc", "repro", "sampler@1"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "dvc repro sampler@1"], repo, env)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory) -> Path:
     """A tiny copy of the project after one `dvc repro` (betas 1 and 5): its report, metrics and MLflow store."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, _env, _run, make_small_repo
+from conftest import _env, _run
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +39,9 @@ def _mtimes(repo: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    """A tiny copy that reproduced `sampler@1` and committed dvc.lock and the small git-tracked results."""
-    repo = make_small_repo(tmp_path_factory.mktemp("source") / "repo")
-    env = _env_git(repo)
-    _run(["dvc", "repro", TARGET], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "dvc repro sampler@1"], repo, env)
-    return repo
+def source(sampler_repo) -> Path:
+    """The session's tiny copy that reproduced `sampler@1` and committed the result (conftest.sampler_repo)."""
+    return sampler_repo
 
 
 def _free_port() -> int:
