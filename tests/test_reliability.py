@@ -180,6 +180,31 @@ def _result(ws: Path) -> tuple[dict, pd.DataFrame, dict]:
         (ws / "metrics" / "beta_1" / "train.json").read_text())
 
 
+def _start_until_checkpoint(ws: Path, store: str, ckpt: Path, epoch: int) -> subprocess.Popen:
+    """Start stage train@1 in ws and return it, still running, once its checkpoint holds `epoch`."""
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab.stages.train", "--beta", "1"], cwd=ws, env=_env(store),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and storage.load_checkpoint(ckpt)["state"]["epoch"] >= epoch:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be killed"
+    return proc
+
+
+def _rerun_resumes_to(ws: Path, store: str, interrupted_at: int, weights: dict, history: pd.DataFrame) -> dict:
+    """Rerun train@1 in ws: it must resume after epoch `interrupted_at` and end with exactly these weights and
+    history; returns its train.json."""
+    r = _stage(["vaelab.stages.train", "--beta", "1"], ws, _env(store), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming after epoch {interrupted_at}" in r.stdout
+    wk, hk, jk = _result(ws)
+    assert all(torch.equal(weights[k], wk[k]) for k in weights)
+    pd.testing.assert_frame_equal(history, hk)
+    return jk
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_resumes_bit_identically(train_workspace, tmp_path):
     # Two uninterrupted runs: same params and seed, same weights and metrics (determinism).
@@ -198,24 +223,12 @@ def test_sigkill_mid_epoch_then_rerun_resumes_bit_identically(train_workspace, t
     ws = _copy_workspace(train_workspace, tmp_path / "killed")
     store = f"sqlite:///{ws / 'mlflow.db'}"
     ckpt = ws / "checkpoints" / "beta_1" / "last.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab.stages.train", "--beta", "1"], cwd=ws, env=_env(store),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file() and storage.load_checkpoint(ckpt)["state"]["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the stage finished before it could be killed"
+    proc = _start_until_checkpoint(ws, store, ckpt, epoch=2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (ws / "models" / "beta_1" / "model.pt").exists()  # nothing final was written
     interrupted_at = storage.load_checkpoint(ckpt)["state"]["epoch"]
-    r = _stage(["vaelab.stages.train", "--beta", "1"], ws, _env(store), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resuming after epoch {interrupted_at}" in r.stdout
-    wk, hk, jk = _result(ws)
-    assert all(torch.equal(wa[k], wk[k]) for k in wa)
-    pd.testing.assert_frame_equal(ha, hk)
+    jk = _rerun_resumes_to(ws, store, interrupted_at, wa, ha)
     assert jk["final_test_bpd"] == ja["final_test_bpd"]
     assert not ckpt.exists()  # a finished stage leaves no checkpoint to resume from
 
@@ -291,14 +304,7 @@ def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(sampl
     killed = _copy_workspace(base, tmp_path / "killed")
     store = f"sqlite:///{killed / 'mlflow.db'}"
     ckpt = killed / "checkpoints" / "beta_1" / "last.pt"
-    launcher = subprocess.Popen([sys.executable, "-m", "vaelab.stages.train", "--beta", "1"], cwd=killed,
-                                env=_env(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and launcher.poll() is None:
-        if ckpt.is_file() and storage.load_checkpoint(ckpt)["state"]["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    assert launcher.poll() is None, "the stage finished before it could be killed"
+    launcher = _start_until_checkpoint(killed, store, ckpt, epoch=2)
     assert len(_stage_processes(killed)) == 3  # torchrun and its two workers
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
@@ -308,11 +314,6 @@ def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(sampl
     assert not _stage_processes(killed), "workers outlived their launcher"
     state = storage.load_checkpoint(ckpt)["state"]
     assert len(state["torch_rng"]) == 2  # every rank's generator
-    r = _stage(["vaelab.stages.train", "--beta", "1"], killed, _env(store), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resuming after epoch {state['epoch']}" in r.stdout
-    wk, hk, _ = _result(killed)
-    assert all(torch.equal(wa[k], wk[k]) for k in wa)
-    pd.testing.assert_frame_equal(ha, hk)
+    _rerun_resumes_to(killed, store, state["epoch"], wa, ha)
     (run,) = tracking.find_runs(store, "cifar10-beta-vae")
     assert [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")] == [1, 2, 3]
