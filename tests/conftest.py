@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -113,6 +114,21 @@ def _env(repo: Path) -> dict:
     return env
 
 
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def git_env(repo: Path) -> dict:
+    """`_env(repo)` plus a git identity (for commits in temporary copies) and no DVC analytics."""
+    return {**_env(repo), **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def make_small_repo(dest: Path) -> Path:
     """A temporary git repository holding this project's tracked files, set to a tiny, one-epoch run."""
     need_dataset()
@@ -134,14 +150,10 @@ def make_small_repo(dest: Path) -> Path:
     params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
     params["evaluate"].update({"n_samples": 1000, "kid_subsets": 10, "iw_images": 100, "bootstrap": 50})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {**os.environ, **GIT_IDENTITY}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "e2e"]):
         _run(cmd, dest, env)
     return dest
-
-
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +162,7 @@ def sampler_repo(tmp_path_factory) -> Path:
     the small git-tracked results; shared by the remote, queue and tracking-server tests (clone it, or share its
     cache, rather than change its files)."""
     repo = make_small_repo(tmp_path_factory.mktemp("sampler") / "repo")
-    env = {**_env(repo), **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
+    env = git_env(repo)
     _run(["dvc", "repro", "sampler@1"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "dvc repro sampler@1"], repo, env)

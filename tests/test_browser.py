@@ -6,7 +6,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.support.ui import WebDriverWait
 
+from conftest import free_port
 from vaelab import tracking
 
 pytestmark = pytest.mark.browser
@@ -61,16 +61,10 @@ def test_report_html_shows_every_image_and_the_beta_table(reproduced_repo, brows
     _full_page_screenshot(browser, screenshots / "report_html.png")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(reproduced_repo, tmp_path):
     """`mlflow server` on a free loopback port against the tiny run's store; stopped by its PID afterwards."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "mlflow_server.log", "w")
     proc = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", f"sqlite:///{reproduced_repo / 'mlflow.db'}",

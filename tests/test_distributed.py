@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

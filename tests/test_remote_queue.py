@@ -19,17 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import _env, _run
+from conftest import _run, free_port, git_env
 
 pytestmark = pytest.mark.slow
 
 TARGET = "sampler@1"
 STAGES = ("download", "features", "train@1", "sampler@1")  # what `dvc repro sampler@1` runs
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def _env_git(repo: Path) -> dict:
-    return {**_env(repo), **GIT_ENV, "DVC_NO_ANALYTICS": "1"}
 
 
 def _mtimes(repo: Path) -> dict[str, float]:
@@ -44,18 +39,12 @@ def source(sampler_repo) -> Path:
     return sampler_repo
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """moto's S3-compatible server on a free local port, with an empty bucket; stopped at the end."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -84,7 +73,7 @@ def s3_server(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_push_clone_pull_reruns_nothing(kind, source, tmp_path, request):
-    env = _env_git(source)
+    env = git_env(source)
     name = f"shared-{kind}"
     if kind == "local":
         setup = [["dvc", "remote", "add", "-d", "-f", name, str(tmp_path / "remote")]]
@@ -102,7 +91,7 @@ def test_push_clone_pull_reruns_nothing(kind, source, tmp_path, request):
 
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(source), str(clone)], tmp_path, env)
-    env = _env_git(clone) | ({} if kind == "local" else creds)
+    env = git_env(clone) | ({} if kind == "local" else creds)
     # Only what the reproduced target needs (this tiny copy did not reproduce the other stages of dvc.lock).
     pulled = _run(["dvc", "pull", "--run-cache", "--with-deps", TARGET], clone, env)
     assert (clone / "models" / "beta_1" / "model.pt").is_file(), pulled
@@ -121,11 +110,11 @@ def test_push_clone_pull_reruns_nothing(kind, source, tmp_path, request):
 
 def test_run_cache_restores_every_stage(source, tmp_path):
     """Without dvc.lock, a clone sharing the source's cache restores each stage from the run-cache: nothing runs."""
-    env = _env_git(source)
+    env = git_env(source)
     runs = _run(["grep", "-rh", "^cmd:", str(source / ".dvc" / "cache" / "runs")], source, env)
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(source), str(clone)], tmp_path, env)
-    env = _env_git(clone)
+    env = git_env(clone)
     _run(["dvc", "cache", "dir", "--local", str(source / ".dvc" / "cache")], clone, env)
     (clone / "dvc.lock").unlink()
     log = _run(["dvc", "repro", TARGET], clone, env)
@@ -146,7 +135,7 @@ def _queue_status(repo: Path, env: dict) -> dict[str, str]:
 def test_queued_sweep_runs_in_parallel_into_one_store(source):
     from vaelab import tracking
 
-    repo, env = source, _env_git(source)
+    repo, env = source, git_env(source)
     # One thread per run: two runs each using every core of a small machine thrash (about 60x slower here).
     sweep = {"exp-a": 2, "exp-b": 3}
     for name, beta in sweep.items():

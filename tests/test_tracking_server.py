@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import REPO, _env, _run, need_dataset
+from conftest import REPO, _env, _run, free_port, need_dataset
 
 SCRIPTS = REPO / "scripts"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -50,13 +49,6 @@ def ensure_postgres() -> None:
             return
         time.sleep(0.5)
     _unavailable(f"PostgreSQL is not running and `pg_ctlcluster {' '.join(clusters[:2])} start` did not start it")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_status(url: str, user: str | None = None, password: str | None = None) -> int:
