@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from vaelab.classifier import build
+from vaelab.network import build
 from vaelab.model import VAE
 from vaelab.params import load_params
 from vaelab.precision import autocast

@@ -14,7 +14,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vaelab.classifier import build
+from vaelab.network import build
 from vaelab.data import to_unit
 from vaelab.loss import vae_loss
 from vaelab.model import VAE

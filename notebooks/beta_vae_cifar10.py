@@ -100,7 +100,7 @@ for obj in (model.Encoder, model.Decoder, model.reparameterize, loss.kl_normal, 
 import pandas as pd
 
 from vaelab.params import load_params
-from vaelab.stages.layout import BetaPaths, find_beta
+from vaelab.layout import BetaPaths, find_beta
 
 params = load_params("params.yaml")
 paths = {beta: find_beta(f"{beta:g}") for beta in params.train.betas}

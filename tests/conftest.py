@@ -149,6 +149,7 @@ def make_small_repo(dest: Path) -> Path:
         params[role].update({"widths": [8, 16, 16], "epochs": 1, "batch_size": 256})
     params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
     params["evaluate"].update({"n_samples": 1000, "kid_subsets": 10, "iw_images": 100, "bootstrap": 50})
+    params["timings"].update({"benchmark_steps": 2, "benchmark_warmup": 1, "profile_steps": 1})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **GIT_IDENTITY}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "e2e"]):

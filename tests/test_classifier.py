@@ -15,8 +15,10 @@ from conftest import REPO, SHARED_TARBALL, need_dataset
 from vaelab.data import BATCHES_DIR, load, prepare
 from dataclasses import replace
 
-from vaelab.classifier import AirbenchNet, accuracy, augment, build, predict, train_classifier
-from vaelab.classifier import load as load_classifier
+from vaelab.airbench import Net as AirbenchNet
+from vaelab.classifier import accuracy, augment, predict, train_classifier
+from vaelab.network import ARCHITECTURE_MODULES, build
+from vaelab.network import load as load_classifier
 from vaelab.params import ClassifierConfig, load_params
 from vaelab.storage import save_model
 
@@ -46,7 +48,7 @@ def test_whitening_decorrelates_patches():
     x = (x + x.roll(1, dims=3)) / 2  # neighbouring pixels correlated
     net.init_whitening(x)
     with torch.no_grad():
-        out = net.whiten((x - net.mean) / net.std)[:, :12]  # (N, 12, 31, 31), the non-negated half
+        out = net.stem[0]((x - net.mean) / net.std)[:, :12]  # (N, 12, 31, 31), the non-negated half
     flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
     cov = torch.cov(flat.T)
     torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
@@ -81,6 +83,27 @@ def test_activations_are_three_layers_and_features_pool_the_last(arch):
     assert len(acts) == 3 and [a.shape[1] for a in acts] == [8, 16, 16]
     assert acts[0].shape[-1] > acts[1].shape[-1] > acts[2].shape[-1]  # coarser with depth
     assert net.features(x).shape == (4, 16)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURE_MODULES))
+def test_predict_gives_the_softmax_of_the_networks_own_logits(arch, tta):
+    """What predict reports (its probabilities, so every confidence) is softmax(forward) of the same network, with
+    flip averaging the mean of the image's and its mirror's logits; a head scaled up makes the softmax peaked, so a
+    wrong logit scale (the audit's confidences were once divided by airbench's 9) changes it visibly."""
+    torch.manual_seed(0)
+    net = build(replace(TINY, arch=arch)).eval()
+    x, _ = colour_task(24, 0)
+    with torch.no_grad():
+        net.head.weight.mul_(10 / net(x.float() / 255).std())  # logits spread by about 10 whatever the architecture
+    feats, probs = predict(net, x, torch.device("cpu"), batch_size=10, bf16=False, tta=tta)
+    xf = x.float() / 255
+    with torch.no_grad():
+        logits = (net(xf) + net(xf.flip(3))) / 2 if tta else net(xf)
+        expected_feats = (net.features(xf) + net.features(xf.flip(3))) / 2 if tta else net.features(xf)
+    torch.testing.assert_close(probs, logits.softmax(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(feats, expected_feats, atol=1e-5, rtol=1e-4)
+    assert float(probs.max(1).values.mean()) > 0.5  # peaked: a logit scale of 1/9 would flatten it
 
 
 def test_a_loaded_classifier_is_frozen_and_predicts_like_the_trained_one(tmp_path):

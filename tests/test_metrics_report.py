@@ -1,13 +1,15 @@
 """Evaluation metrics, figures and the report on known inputs."""
 from __future__ import annotations
 
+import base64
 import re
 
 import pandas as pd
 import pytest
 import torch
 
-from vaelab import density, plots, report
+from conftest import REPO
+from vaelab import claims, density, plots, report, tables, webpage
 from vaelab.data import CIFAR10
 from vaelab.metrics import likelihood_metrics, per_image, psnr
 from vaelab.model import VAE
@@ -116,9 +118,10 @@ def row(beta, rate=100.0, psnr_db=21.0, fcd=40.0, tc=2.0, factor=0.3, r2=0.5, pr
               "sampler_judge_confidence": 0.6, "sampler_class_entropy": 3.0, "recon_judge_confidence": 0.7,
               "recon_class_entropy": 3.2, "audit_fcd": 2 * fcd, "audit_sampler_fcd": 1.5 * fcd,
               "audit_recon_fcd": fcd, "audit_sampler_confidence": 0.55, "sharpness_ratio": 0.3,
-              "sampler_sharpness_ratio": 0.4, "recon_sharpness_ratio": 0.5, "total_correlation": tc, "factor_score": factor, "factor_r2": r2,
-              "probe_accuracy": probe, "active_units_0p01": au, "active_units_0p1": au // 2,
-              **{f"factor_score_{f}": factor for f in report.FACTORS}, **{f"factor_r2_{f}": r2 for f in report.FACTORS}}
+              "sampler_sharpness_ratio": 0.4, "recon_sharpness_ratio": 0.5, "total_correlation": tc,
+              "factor_score": factor, "factor_r2": r2, "probe_accuracy": probe, "active_units_0p01": au,
+              "active_units_0p1": au // 2,
+              **{f"factor_score_{f}": factor for f in tables.FACTORS}, **{f"factor_r2_{f}": r2 for f in tables.FACTORS}}
     out = {"beta": beta, "tag": f"{beta:g}", "latent_dim": 64, "active_units": au, "train_minutes": 10.0,
            "iw_samples": 64, "iw_images": 1000, "tc_batch_size": 2000, "tc_sampled": rate - 7.0,
            "tc_sampled_self_weight": 0.99, "kl_dims_sum_nats": rate, "kid": 0.04, "kid_std": 0.001,
@@ -130,42 +133,171 @@ def row(beta, rate=100.0, psnr_db=21.0, fcd=40.0, tc=2.0, factor=0.3, r2=0.5, pr
 
 REFERENCE = {"test_accuracy": 0.87, "train_seconds": 200.0, "epochs": 8, "n_real": 10000, "real_fcd": 0.5,
              "real_kid": 0.0001, "real_kid_std": 0.0001, "real_judge_confidence": 0.9, "real_class_entropy": 3.32}
+FIGURE_DIRS = {"1": "figures/beta_1", "5": "figures/beta_5"}
+SETUP = {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": ["z = 64"]}
+LINKS = {"rate_distortion": "comparison/rd.png", "kl_per_dim": "comparison/kl.png", "traversals": "comparison/tr.png"}
+
+
+def md_tables(md: str) -> list[list[dict[str, str]]]:
+    """Every markdown table of `md`: one dict per body row, header -> cell text (a header's second use: `header#2`)."""
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip()[1:-1].split("|")]
+
+    lines, found, i = md.splitlines(), [], 0
+    while i < len(lines) - 1:
+        if lines[i].startswith("|") and re.fullmatch(r"\|(:?-+:?\|)+", lines[i + 1]):
+            heads = cells(lines[i])
+            heads = [h if h not in heads[:j] else f"{h}#{heads[:j].count(h) + 1}" for j, h in enumerate(heads)]
+            body, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                body.append(dict(zip(heads, cells(lines[i]), strict=True)))
+                i += 1
+            found.append(body)
+        else:
+            i += 1
+    return found
+
+
+def md_table(md: str, header: str) -> list[dict[str, str]]:
+    """The one table of `md` that has a column `header`."""
+    [found] = [t for t in md_tables(md) if t and header in t[0]]
+    return found
+
+
+def shown(r: dict, key: str, fmt: str) -> str:
+    """What a table cell must show for `key` of row `r`: the value and, where the row has one, its interval."""
+    text = fmt.format(r[key])
+    return text + f" [{fmt.format(r[key + '_lo'])}, {fmt.format(r[key + '_hi'])}]" if key + "_lo" in r else text
+
+
+def test_table_cell_shows_value_and_interval_and_the_missing_mark():
+    rows = [{"x": 1.23456, "x_lo": 1.2, "x_hi": 1.3, "n": 11.6, "n_lo": 10.4, "n_hi": 12.6}, {"x": 2.0}, {}]
+    md = tables.table(rows, [("x", "X", "{:.2f}"), ("n", "N", "{:d}")], ("run", ["a", "b", "c"]))
+    assert md_tables(md) == [[{"run": "a", "X": "1.23 [1.20, 1.30]", "N": "12 [10, 13]"},
+                              {"run": "b", "X": "2.00", "N": claims.MISSING},
+                              {"run": "c", "X": claims.MISSING, "N": claims.MISSING}]]
+
+
+def test_render_tables_show_every_beta_value_and_interval_from_the_input():
+    rows = [row(5, rate=30.0, psnr_db=18.0, fcd=60.0, au=12), row(1, rate=120.0)]  # unsorted: the report sorts
+    md = report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS)
+    by_beta = {r["beta"]: r for r in rows}
+    for header, columns in (("test bits/dim ↓", tables.LIKELIHOOD_COLUMNS),
+                            ("Gaussian TC of q(z) (nats) ↓", tables.ORGANISATION_COLUMNS)):
+        shown_rows = md_table(md, header)
+        assert [t["β"] for t in shown_rows] == ["1", "5"]
+        for t in shown_rows:
+            r = by_beta[float(t["β"])]
+            assert all(t[h] == shown(r, k, fmt) for k, h, fmt in columns), t
+    # Sample quality: the real-image row, then each image set of each beta, numbers from that set's keys.
+    quality = {t["images"]: t for t in md_table(md, "judge confidence ↑")}
+    assert list(quality)[0] == "real train images (reference)"
+    assert quality["real train images (reference)"]["FCD ↓"] == f"{REFERENCE['real_fcd']:.2f}"
+    for beta, r in by_beta.items():
+        for prefix, what in (("", "z ~ N(0, I) decoded"), ("sampler_", "ex-post sampler"),
+                             ("recon_", "reconstructions")):
+            t = quality[f"β = {beta:g}: {what}"]
+            assert t["FCD ↓"] == shown(r, f"{prefix}fcd", "{:.2f}") and t["KID ↓"] == f"{r[prefix + 'kid']:.3f}"
+    # The audit's table: no real-image row without the audit's metrics; a key the row lacks shows the mark.
+    audit = {t["images"]: t for t in md_table(md, "audit FCD ↓")}
+    assert "real train images (reference)" not in audit
+    t = audit["β = 1: ex-post sampler"]
+    assert t["audit FCD ↓"] == shown(by_beta[1], "audit_sampler_fcd", "{:.2f}")
+    assert t["audit KID ↓"] == claims.MISSING
+    assert t["sharpness ratio (real = 1)"] == shown(by_beta[1], "sampler_sharpness_ratio", "{:.3f}")
+    assert audit["β = 5: reconstructions"]["audit confidence ↑"] == claims.MISSING
+    with_audit = report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS,
+                               audit_reference={**REFERENCE, "real_fcd": 0.7})
+    assert md_table(with_audit, "audit FCD ↓")[0]["audit FCD ↓"] == "0.70"
+    # Active units: one column per measured threshold, in numeric order, whole numbers.
+    units = md_table(md, "Var(μ_j) > 0.01")
+    assert list(units[0]) == ["β", "Var(μ_j) > 0.01", "Var(μ_j) > 0.1"]
+    assert units[1]["Var(μ_j) > 0.1"] == "6 [6, 6]"  # β = 5: 12 // 2
+    # Factors: one row per controlled factor and beta.
+    factors = md_table(md, "readability (held-out R²) ↑")
+    assert [t["factor"] for t in factors] == [f"{f}, β = {b}" for f in tables.FACTORS for b in (1, 5)]
+    assert factors[0]["concentration (top-2 share gap) ↑"] == shown(by_beta[1], "factor_score_brightness", "{:.3f}")
+
+
+def test_render_keeps_every_section_and_figure():
+    rows = [row(1, rate=120.0), row(5, rate=30.0)]
+    md = report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS)
+    headings = re.findall(r"^## (.+)$", md, re.M)
+    assert headings == ["Samples", "Summary", "Traversals", "Likelihood and reconstruction", "Sample quality",
+                        "Organisation of the latent space", "Ablation", "Rate–distortion plane and KL per dimension",
+                        "Model and training choices", "β = 1", "β = 5"]
+    assert "(comparison/rd.png)" in md and "(comparison/kl.png)" in md and "(comparison/tr.png)" in md
+    for stem, _ in report.FIGURES:
+        assert f"(figures/beta_1/{stem}.png)" in md and f"(figures/beta_5/{stem}.png)" in md
+    # The report opens with the samples of every beta side by side.
+    assert list(md_tables(md)[0][0]) == ["β = 1: sampler", "β = 1: z ~ N(0, I)",
+                                         "β = 5: sampler", "β = 5: z ~ N(0, I)"]
+    assert "87.0% test accuracy" in md and "- z = 64" in md
+    assert "target" not in md.lower() and "issue" not in md.lower()  # product, not project history
+
+
+def test_render_links_the_metric_definitions_instead_of_repeating_them():
+    md = report.render([row(1), row(5)], FIGURE_DIRS, SETUP, REFERENCE, LINKS)
+    doc = REPO / "reports" / report.METRICS_DOC
+    assert doc.resolve() == (REPO / "docs" / "metrics.md").resolve() and doc.is_file()
+    slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-")
+             for h in re.findall(r"^#+ (.+)$", doc.read_text(), re.M)}
+    anchors = re.findall(r"\]\(\.\./docs/metrics\.md#([^)]+)\)", md)
+    assert {"intervals", "likelihood-and-reconstruction", "sample-quality", "the-audit-and-the-sharpness-ratio",
+            "organisation-of-the-code"} <= set(anchors) <= slugs
+    # The definitions live in docs/metrics.md only: no citations or formulas in the report.
+    assert "et al." not in md and "log det" not in md and "Nyquist" not in md
+
+
+def separated(a: dict, b: dict, key: str) -> bool:
+    return a[key + "_hi"] < b[key + "_lo"] or b[key + "_hi"] < a[key + "_lo"]
 
 
 def test_summary_names_a_direction_only_where_intervals_separate():
     lo = row(1, rate=120.0, psnr_db=21.0, fcd=40.0, tc=3.0, factor=0.2, r2=0.6, probe=0.45)
     hi = row(5, rate=30.0, psnr_db=18.0, fcd=60.0, tc=1.0, factor=0.4, r2=0.6, probe=0.45)
-    text = report.summary([lo, hi])
-    assert "reconstruction PSNR 21.00 [20.79, 21.21] → 18.00 [17.82, 18.18]: lower" in text
-    assert "the FCD of z ~ N(0, I) decoded 40.0 [39.6, 40.4] → 60.0 [59.4, 60.6]: higher" in text
-    assert "the Gaussian total correlation of q(z) 3.00 [2.97, 3.03] → 1.00 [0.99, 1.01]: lower" in text
-    assert "the mean readability of the factor levels 0.600 [0.594, 0.606] → 0.600 [0.594, 0.606]: no measurable " \
-           "difference" in text
+    text = claims.summary([hi, lo])
+    said = claims.verdicts(lo, hi, claims.QUALITY) + claims.verdicts(lo, hi, claims.ORGANISATION)
+    assert {v.key for v in said} == {k for k, _, _, _ in claims.QUALITY + claims.ORGANISATION}
+    for v in said:
+        assert v.text in text and v.text.endswith(f": {v.how}")
+        assert f"{lo[v.key]:.1f}" in v.text or f"{lo[v.key]:.3f}" in v.text  # the numbers come from the rows
+        if separated(lo, hi, v.key):
+            assert v.how == ("higher" if hi[v.key] > lo[v.key] else "lower")
+        else:
+            assert v.how == claims.NO_DIFFERENCE and v.better is None
+    assert {v.key: v.better for v in said if v.better is not None} == {
+        "test_psnr": False, "fcd": False, "sampler_fcd": False, "recon_fcd": False,
+        "total_correlation": True, "factor_score": True}
     assert "traded visual quality" in text and "for organisation" in text
     assert "axis-aligned" not in text  # concentration 0.4: not small
-    small = report.summary([row(1, factor=0.005), row(5, factor=0.008)])
-    assert "Neither code is axis-aligned: the mean concentration stays at or below 0.008" in small
+    small = claims.summary([row(1, factor=0.005), row(5, factor=0.008)])
+    assert "Neither code is axis-aligned" in small and "0.008" in small
     # The same centres with wide intervals: every interval overlaps, so no direction and no trade is claimed.
-    wide = report.summary([row(1, rate=120.0, psnr_db=21.0, fcd=40.0, tc=3.0, factor=0.2, half=0.9),
+    wide = claims.summary([row(1, rate=120.0, psnr_db=21.0, fcd=40.0, tc=3.0, factor=0.2, half=0.9),
                            row(5, rate=30.0, psnr_db=18.0, fcd=60.0, tc=1.0, factor=0.4, half=0.9)])
     assert ": higher" not in wide and ": lower" not in wide and "traded" not in wide
+    assert wide.count(claims.NO_DIFFERENCE) == len(said)
     assert "No quality or organisation number moved measurably" in wide
     # Separated intervals but a change within twice the measured seed spread: no direction.
-    spread = report.summary([lo, hi], spread={"test_psnr": 2.0})
-    assert "18.00 [17.82, 18.18]: no measurable difference" in spread and "seed-to-seed spread" in spread
+    psnr_said = claims.verdicts(lo, hi, claims.QUALITY, spread={"test_psnr": 2.0})
+    assert next(v for v in psnr_said if v.key == "test_psnr").how == claims.NO_DIFFERENCE
+    assert "seed-to-seed spread" in claims.summary([lo, hi], spread={"test_psnr": 2.0})
 
 
 def test_summary_verdict_follows_the_numbers():
-    better_both = report.summary([row(1, psnr_db=18.0, fcd=60.0, tc=3.0), row(5, psnr_db=21.0, fcd=40.0, tc=1.0)])
+    better_both = claims.summary([row(1, psnr_db=18.0, fcd=60.0, tc=3.0), row(5, psnr_db=21.0, fcd=40.0, tc=1.0)])
     assert "traded" not in better_both and "better" in better_both and "worse" not in better_both
-    one = report.summary([row(1)])
-    assert "Only β = 1 is listed" in one
+    worse_both = claims.summary([row(1, psnr_db=21.0, fcd=40.0, tc=1.0), row(5, psnr_db=18.0, fcd=60.0, tc=3.0)])
+    assert "traded" not in worse_both and "worse" in worse_both and "better" not in worse_both
+    one = claims.summary([row(1)])
+    assert "Only β = 1 is listed" in one and "no comparison" in one
 
 
 def test_summary_numbers_come_from_rows_and_stay_short():
     rows = [row(1, rate=123.4, psnr_db=21.07, fcd=41.3, tc=2.22), row(2, rate=77.7, psnr_db=19.55, fcd=35.5),
             row(5, rate=31.2, psnr_db=18.03, fcd=52.2, tc=0.99)]
-    text = report.summary(rows)
+    text = claims.summary(rows)
     assert len(text.split()) <= 300
     allowed = {"95"}
     for r in rows:
@@ -174,62 +306,30 @@ def test_summary_numbers_come_from_rows_and_stay_short():
                 allowed |= {f"{v:g}", f"{v:.0f}", f"{v:.1f}", f"{v:.2f}", f"{v:.3f}", f"{round(v)}"}
     for number in re.findall(r"\d+(?:\.\d+)?", text):
         assert number in allowed, f"{number} in the summary is not a measured number"
-
-
-def test_render_has_tables_with_intervals_figures_and_side_by_side():
-    rows = [row(1, rate=120.0), row(5, rate=30.0, au=12)]
-    md = report.render(rows, {"1": "figures/beta_1", "5": "figures/beta_5"},
-                       {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": ["z = 64"]},
-                       REFERENCE, {"rate_distortion": "comparison/rd.png", "kl_per_dim": "comparison/kl.png",
-                                   "traversals": "comparison/tr.png"})
-    assert "| 1 | 6.400 [6.336, 6.464] | 6.350 [6.286, 6.413] | 120.0 [118.8, 121.2] | 120.0 |" in md
-    assert "| real train images (reference) | 0.50 |" in md and "| β = 5: z ~ N(0, I) decoded | 40.00 [39.60, 40.40] |" in md
-    assert "| β = 1: ex-post sampler | 32.00 [31.68, 32.32] |" in md and "| β = 1: reconstructions | 20.00 [19.80, 20.20] |" in md
-    assert "| 5 | 12 [12, 12] | 6 [6, 6] |" in md  # active units at each threshold
-    assert "| rotation, β = 5 | 0.300 [0.297, 0.303] | 0.500 [0.495, 0.505] |" in md
-    assert "(comparison/rd.png)" in md and "(comparison/kl.png)" in md and "(comparison/tr.png)" in md
-    assert "87.0% test accuracy" in md
-    for stem, _ in report.FIGURES:
-        assert f"(figures/beta_1/{stem}.png)" in md and f"(figures/beta_5/{stem}.png)" in md
-    assert "| β = 1: sampler | β = 1: z ~ N(0, I) | β = 5: sampler | β = 5: z ~ N(0, I) |" in md
-    assert md.index("## Samples") < md.index("## Summary")  # the report opens with the pictures
-    # The audit network's and the sharpness measure's table, with the real-image row when the audit's metrics are given.
-    assert "| β = 1: ex-post sampler | 60.00 [59.40, 60.60] | – | 0.550 [0.545, 0.555] | – | 0.400 [0.396, 0.404] |" in md
-    assert "| β = 5: reconstructions | 40.00 [39.60, 40.40] | – | – | – | 0.500 [0.495, 0.505] |" in md
-    with_audit = report.render(rows, {"1": "figures/beta_1", "5": "figures/beta_5"},
-                               {"n_train": 50000, "n_test": 10000, "epochs": 20, "seed": 0, "choices": []},
-                               REFERENCE, {"rate_distortion": "r", "kl_per_dim": "k", "traversals": "t"},
-                               audit_reference={**REFERENCE, "real_fcd": 0.7})
-    assert "| real train images (reference) | 0.70 | 0.000 | 0.900 | 3.32 | – |" in with_audit
-    assert "target" not in md.lower() and "issue" not in md.lower()  # product, not project history
+    assert report.render(rows, {"1": "f1", "2": "f2", "5": "f5"}, SETUP, REFERENCE, LINKS).count(text) == 1
 
 
 def test_html_report_embeds_every_image_and_renders_tables():
-    import base64
-
-    from vaelab.report import to_html
-
     png = {"figures/beta_1/a.png": b"\x89PNG-one", "comparison/b c.png": b"\x89PNG-two"}
     md = ("# Title\n\n| β | bits/dim |\n|---:|---:|\n| 1 | 6.161 |\n| 5 | 6.175 |\n\n"
           "![first](figures/beta_1/a.png)\n\n![second](comparison/b c.png)\n\nA [link](other.md) stays a link.\n")
     read = []
-    page = to_html(md, lambda link: read.append(link) or png[link])
+    page = webpage.to_html(md, lambda link: read.append(link) or png[link])
     assert sorted(read) == sorted(png)
     embedded = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(png.values())
     assert not re.search(r'src="(?!data:)', page)
     assert re.search(r"<th[^>]*>β</th>", page) and "<td" in page and "6.175" in page
+    assert '<a href="other.md">link</a>' in page
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
 
 
 def test_html_report_names_a_missing_image():
-    from vaelab.report import to_html
-
     def read(link):
         raise FileNotFoundError(f"no such figure: {link}")
 
     with pytest.raises(FileNotFoundError, match="x.png"):
-        to_html("![x](x.png)\n", read)
+        webpage.to_html("![x](x.png)\n", read)
 
 
 def preset(name, description, betas_rows, judge_md5="j", seeds=(0,)):
@@ -245,21 +345,26 @@ def test_ablation_follows_the_presets_and_labels_the_default():
     default = [row(1, fcd=90.0), row(5, fcd=95.0)]
     base = preset("baseline", "", [(row(1, fcd=200.0), 0), (row(5, fcd=210.0), 0)])
     step = preset("baseline-mmd", "+ MMD", [(row(1, fcd=150.0), 0)])
-    lines = "\n".join(report.ablation_section(default, [base, step], "j"))
-    # The ablation rows run baseline -> each preset -> final default, at β = 1.
-    assert lines.index("`baseline`") < lines.index("`baseline-mmd`: + MMD | 150.0") < lines.index("**final default**")
-    assert "z = 128, N(0, I) prior, gaussian, 0 res. blocks, 6 epochs" in lines  # no description: the recipe
     recipe = {"model": {**base["model"], "latent_dim": 64}, "train": {**base["train"], "epochs": 24, "betas": [1]}}
-    labelled = report.ablation_table([base, step], default[0], recipe)
-    assert "| **final default**: baseline with model.latent_dim = 64, train.epochs = 24 | 90.0 [89.1, 90.9] |" in labelled
-    assert "Warning" not in lines
+    shown_rows = md_table("\n".join(report.ablation_section(default, [base, step], "j", recipe)), "FCD, sampler ↓")
+    # The ablation rows run baseline -> each preset -> final default, at the β nearest 1, numbers from each run.
+    labels = [t["recipe (β = 1)"] for t in shown_rows]
+    assert labels[0].startswith("`baseline`: z = 128, N(0, I) prior") and "6 epochs" in labels[0]  # no description
+    assert labels[1] == "`baseline-mmd`: + MMD"
+    assert labels[2] == "**final default**: baseline with model.latent_dim = 64, train.epochs = 24"
+    assert [t["FCD, z ~ N(0, I) ↓"].split()[0] for t in shown_rows] == ["200.0", "150.0", "90.0"]
+    assert shown_rows[2]["FCD, z ~ N(0, I) ↓"] == shown(default[0], "fcd", "{:.1f}")
+    lines = "\n".join(report.ablation_section(default, [base, step], "j"))
+    assert "Warning" not in lines and "(params.yaml `model`, `train`)" in lines  # no recipe: nothing to compare
     stale = "\n".join(report.ablation_section(default, [base], "other-judge"))
-    assert "**Warning:** judged by another judge model than this run's: baseline." in stale
+    assert "**Warning:**" in stale and "baseline." in stale
     none = "\n".join(report.ablation_section(default, [], "j"))
     assert "None has been run yet" in none and "|" not in none
-    # An old results file without the newer keys shows a dash, not an error.
+    # An old results file without the newer keys shows the mark, not an error.
     old = preset("old", "before the sampler stage", [({k: v for k, v in row(1).items() if "sampler" not in k}, 0)])
-    assert "| `old`: before the sampler stage | 40.0 [39.6, 40.4] | – |" in report.ablation_table([old], default[0])
+    first = md_table(tables.ablation_table([old], default[0]), "FCD, sampler ↓")[0]
+    assert first["FCD, sampler ↓"] == claims.MISSING
+    assert first["FCD, z ~ N(0, I) ↓"] == shown(row(1), "fcd", "{:.1f}")
 
 
 def test_seed_spread_is_measured_from_a_multi_seed_preset():
@@ -267,14 +372,55 @@ def test_seed_spread_is_measured_from_a_multi_seed_preset():
                                                           (row(1, fcd=42.0), 2), (row(5, fcd=50.0), 0),
                                                           (row(5, fcd=50.0), 1), (row(5, fcd=50.0), 2)],
                            seeds=(0, 1, 2))
-    p, spread = report.seed_spread([preset("baseline", "", [(row(1), 0)]), spread_preset])
+    p, spread = claims.seed_spread([preset("baseline", "", [(row(1), 0)]), spread_preset])
     assert p is spread_preset
     assert spread["fcd"] == pytest.approx(2.0)  # sd of 40, 44, 42; β = 5 has none
-    table = report.spread_table(spread_preset)
-    assert "| β = 1 (3 seeds) | 6.400 ± 0.000 |" in table and "42.00 ± 2.00" in table
-    assert report.seed_spread([preset("baseline", "", [(row(1), 0)])]) == (None, {})
-    # The multi-seed preset is not an ablation row.
+    shown_rows = md_table(tables.spread_table(spread_preset), "FCD, z ~ N(0, I)")
+    assert [t["run"] for t in shown_rows] == ["β = 1 (3 seeds)", "β = 5 (3 seeds)"]
+    assert [t["FCD, z ~ N(0, I)"] for t in shown_rows] == ["42.00 ± 2.00", "50.00 ± 0.00"]
+    assert shown_rows[0]["test bits/dim"] == "6.400 ± 0.000"
+    assert claims.seed_spread([preset("baseline", "", [(row(1), 0)])]) == (None, {})
+    # The multi-seed preset is not an ablation row; it gets its own section.
     assert "seed-spread" not in "\n".join(report.ablation_section([row(1)], [spread_preset], "j"))
+    md = report.render([row(1), row(5)], FIGURE_DIRS, SETUP, REFERENCE, LINKS, [spread_preset], "j")
+    assert "## Seed-to-seed spread" in md and md_table(md, "FCD, z ~ N(0, I)") == shown_rows
+
+
+def test_a_recipe_change_counts_only_where_judge_audit_and_sharpness_agree():
+    ref = row(1, fcd=40.0)  # sampler_fcd 32, audit_sampler_fcd 60, sampler_sharpness_ratio 0.4
+    better = row(1, fcd=20.0)
+    better |= {"sampler_sharpness_ratio": 0.6, "sampler_sharpness_ratio_lo": 0.59, "sampler_sharpness_ratio_hi": 0.61,
+               "recon_sharpness_ratio": 0.7, "recon_sharpness_ratio_lo": 0.69, "recon_sharpness_ratio_hi": 0.71}
+    fooled = dict(better) | {"audit_sampler_fcd": 80.0, "audit_sampler_fcd_lo": 79.0, "audit_sampler_fcd_hi": 81.0}
+    said, verdict = claims.agreement(ref, better, "sampler_")
+    assert said == ["lower", "lower", "closer to 1"] and verdict == "**better**"
+    said, verdict = claims.agreement(ref, fooled, "sampler_")  # the judge alone improved: it does not count
+    assert said == ["lower", "higher", "closer to 1"] and verdict == "no agreement"
+    said, verdict = claims.agreement(better, ref, "sampler_")
+    assert said == ["higher", "higher", "further from 1"] and verdict == "**worse**"
+    assert claims.agreement(ref, ref, "recon_")[1] == "no agreement"
+    assert claims.agreement({"beta": 1}, better, "sampler_") == ([claims.MISSING] * 3, "not measured")
+    shown_rows = md_table(tables.agreement_table([preset("plain", "", [(ref, 0)]), preset("sharp", "", [(better, 0)]),
+                                                  preset("fooled", "", [(fooled, 0)])]), "verdict")
+    assert [(t["preset"], t["against (what differs)"]) for t in shown_rows] == [
+        ("`sharp`", "`plain` (no model or train key)"), ("`fooled`", "`plain` (no model or train key)")]
+    assert [t["verdict"] for t in shown_rows] == ["**better**", "no agreement"]  # the sampler's images
+    assert [t["verdict#2"] for t in shown_rows] == ["**better**", "**better**"]  # the reconstructions
+    # The reference is the earlier preset whose recipe differs least: a change on top of `sharp` is judged against it.
+    on_top = preset("on-top", "", [(fooled, 0)])
+    on_top["train"] = {**on_top["train"], "mmd_weight": 1.0}
+    sharp = preset("sharp", "", [(better, 0)])
+    sharp["train"] = {**sharp["train"], "mmd_weight": 1.0}
+    pairs = claims.comparisons([preset("plain", "", [(ref, 0)]), sharp, on_top])
+    assert [(c.preset["preset"], c.reference["preset"]) for c in pairs] == [("sharp", "plain"), ("on-top", "sharp")]
+    against = [t["against (what differs)"] for t in md_table(tables.agreement_table([preset("plain", "", [(ref, 0)]),
+                                                                                     sharp, on_top]), "verdict")]
+    assert against == ["`plain` (train.mmd_weight = 1)", "`sharp` (no model or train key)"]
+    # Another budget has its own reference: nothing to compare with one preset alone.
+    other = preset("long", "", [(better, 0)])
+    other["train"] = {**other["train"], "epochs": 20}
+    assert claims.comparisons([preset("plain", "", [(ref, 0)]), other]) == []
+    assert tables.agreement_table([preset("plain", "", [(ref, 0)]), other]) == ""
 
 
 def test_figures_of_a_flow_prior_model_decode_noise_through_the_flow():
@@ -298,32 +444,3 @@ def test_figures_of_a_flow_prior_model_decode_noise_through_the_flow():
                               gmm, 0, torch.device("cpu"))
     assert "z = f(e), e ~ N(0, I)" in figs["prior_samples"]._suptitle.get_text()
     assert "prior flow" in figs["interpolation_prior"]._suptitle.get_text()
-
-
-def test_a_recipe_change_counts_only_where_judge_audit_and_sharpness_agree():
-    ref = row(1, fcd=40.0)  # sampler_fcd 32, audit_sampler_fcd 60, sampler_sharpness_ratio 0.4
-    better = row(1, fcd=20.0)
-    better |= {"sampler_sharpness_ratio": 0.6, "sampler_sharpness_ratio_lo": 0.59, "sampler_sharpness_ratio_hi": 0.61,
-               "recon_sharpness_ratio": 0.7, "recon_sharpness_ratio_lo": 0.69, "recon_sharpness_ratio_hi": 0.71}
-    fooled = dict(better) | {"audit_sampler_fcd": 80.0, "audit_sampler_fcd_lo": 79.0, "audit_sampler_fcd_hi": 81.0}
-    said, verdict = report.agreement(ref, better, "sampler_")
-    assert said == ["lower", "lower", "closer to 1"] and verdict == "**better**"
-    said, verdict = report.agreement(ref, fooled, "sampler_")  # the judge alone improved: it does not count
-    assert said == ["lower", "higher", "closer to 1"] and verdict == "no agreement"
-    assert report.agreement(ref, ref, "recon_")[1] == "no agreement"
-    assert report.agreement({"beta": 1}, better, "sampler_") == (["–"] * 3, "not measured")
-    table = report.agreement_table([preset("plain", "", [(ref, 0)]), preset("sharp", "", [(better, 0)]),
-                                    preset("fooled", "", [(fooled, 0)])])
-    assert "| `sharp` | `plain` (no model or train key) | lower | lower | closer to 1 | **better** |" in table
-    assert "| `fooled` | `plain` (no model or train key) | lower | higher | closer to 1 | no agreement |" in table
-    # The reference is the earlier preset whose recipe differs least: a change on top of `sharp` is judged against it.
-    on_top = preset("on-top", "", [(fooled, 0)])
-    on_top["train"] = {**on_top["train"], "mmd_weight": 1.0}
-    sharp = preset("sharp", "", [(better, 0)])
-    sharp["train"] = {**sharp["train"], "mmd_weight": 1.0}
-    table = report.agreement_table([preset("plain", "", [(ref, 0)]), sharp, on_top])
-    assert "| `sharp` | `plain` (train.mmd_weight = 1) |" in table and "| `on-top` | `sharp` (no model or train key) |" in table
-    # Another budget has its own reference: nothing to compare with one preset alone.
-    other = preset("long", "", [(better, 0)])
-    other["train"] = {**other["train"], "epochs": 20}
-    assert "`long`" not in report.agreement_table([preset("plain", "", [(ref, 0)]), other])

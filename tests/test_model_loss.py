@@ -1,6 +1,7 @@
-"""Model shapes, the reparameterisation, and the loss terms against known answers."""
+"""Model shapes and parameter counts, the reparameterisation, and the loss terms against known answers."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 from vaelab.loss import bits_per_dim, gaussian_nll, kl_normal, logistic_nll, vae_loss
 from vaelab.model import VAE, Codec, reparameterize
 from vaelab.params import ModelConfig
+from vaelab.precision import count_parameters
 
 SMALL = ModelConfig(latent_dim=8, widths=(8, 16, 32), res_blocks=1)
 
@@ -246,3 +248,54 @@ def test_mmd_term_measures_the_flow_noise_when_the_prior_is_a_flow():
         o = model(grid_images(3))
         torch.testing.assert_close(model.codes(o["noise"]), o["z"], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(o["log_pz"], model.log_prior(o["z"]))
+
+
+def conv(c_in: int, c_out: int, k: int) -> int:
+    """Weights and biases of a k x k (transposed) convolution."""
+    return c_in * c_out * k * k + c_out
+
+
+def linear(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def expected_parameters(cfg: ModelConfig) -> int:
+    """Trainable parameters of the VAE that `cfg` describes, counted layer by layer from the architecture: encoder
+    4x4 stride-2 convs 3 -> w0 -> w1 -> w2 and a linear head 16·w2 -> 2z; decoder linear z -> 16·w2, two x2
+    upsamplings and an output one to 3 or 6 channels (4x4 transposed, or nearest then 3x3); two 3x3 convs per
+    residual block; one or three learned log-sigmas; three linear layers per flow coupling."""
+    w0, w1, w2 = cfg.widths
+    d0, d1, d2 = cfg.decoder_widths or cfg.widths
+    z, blocks = cfg.latent_dim, cfg.res_blocks + cfg.decoder_res_blocks
+    up = 4 if cfg.upsample == "transposed" else 3
+    out_ch = 6 if cfg.likelihood == "logistic" or cfg.sigma == "pixel" else 3
+    encoder = (conv(3, w0, 4) + conv(w0, w1, 4) + conv(w1, w2, 4) + linear(16 * w2, 2 * z)
+               + cfg.res_blocks * 2 * (conv(w0, w0, 3) + conv(w1, w1, 3) + conv(w2, w2, 3)))
+    decoder = (linear(z, 16 * d2) + conv(d2, d1, up) + conv(d1, d0, up) + conv(d0, out_ch, up)
+               + blocks * 2 * (conv(d0, d0, 3) + conv(d1, d1, 3) + conv(d2, d2, 3)))
+    sigma = {"global": 1, "channel": 3, "pixel": 0}[cfg.sigma] if cfg.likelihood == "gaussian" else 0
+    h, half = cfg.prior_hidden, z // 2
+    flow = cfg.prior_flows * (linear(half, h) + linear(h, h) + linear(h, 2 * (z - half)))
+    return encoder + decoder + sigma + flow
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(),
+    ModelConfig(latent_dim=128, likelihood="gaussian", res_blocks=0),  # the plain VAE of the `baseline` preset
+    ModelConfig(latent_dim=7, widths=(8, 16, 32), res_blocks=2, likelihood="gaussian", sigma="channel"),
+    ModelConfig(latent_dim=9, widths=(8, 16, 32), res_blocks=0, likelihood="gaussian", sigma="pixel",
+                upsample="nearest", decoder_res_blocks=1, decoder_widths=(12, 20, 24)),
+    ModelConfig(latent_dim=5, widths=(4, 8, 16), prior_flows=3, prior_hidden=10),
+], ids=["default", "baseline", "channel-sigma", "decoder-options", "flow"])
+def test_parameter_count_follows_the_architecture(cfg):
+    assert count_parameters(VAE(cfg)) == expected_parameters(cfg)
+
+
+@pytest.mark.parametrize("likelihood", ["logistic", "gaussian"])
+def test_one_more_latent_dimension_adds_only_the_weights_that_touch_z(likelihood):
+    """z -> z + 1 adds two outputs to the encoder's head (16·w2 weights and a bias each) and one input to the
+    decoder's first layer (16·w2 weights): 48·w2 + 2 parameters, whatever the rest of the model."""
+    for widths in ((64, 128, 256), (8, 16, 32)):
+        cfg = ModelConfig(latent_dim=16, widths=widths, likelihood=likelihood)
+        grown = dataclasses.replace(cfg, latent_dim=17)
+        assert count_parameters(VAE(grown)) - count_parameters(VAE(cfg)) == 48 * widths[2] + 2

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import REPO, _env, _run, make_small_repo
-from vaelab.stages import layout
+from vaelab import layout
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
@@ -93,7 +93,7 @@ def test_dvc_repro_end_to_end(small_repo):
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env))
     flat = json.dumps(shown)
     for tag in ("1", "5"):
-        assert f"metrics/beta_{tag}/eval.json" in flat and f"metrics/beta_{tag}/train.json" in flat
+        assert f"metrics/betas/beta_{tag}/eval.json" in flat and f"metrics/betas/beta_{tag}/train.json" in flat
     headline = ("test_bpd", "test_iw_bpd", "rate_nats", "distortion_nats", "test_psnr", "total_correlation",
                 "active_units_0p01", "active_units_0p1", "active_units_0p5", "probe_accuracy", "factor_score",
                 "factor_r2", "fcd", "judge_confidence", "class_entropy", "sampler_fcd", "sampler_judge_confidence",
@@ -106,10 +106,19 @@ def test_dvc_repro_end_to_end(small_repo):
     for key in (*headline, *(f"{k}_{e}" for k in headline for e in ("lo", "hi")), "kid", "tc_sampled",
                 "tc_sampled_self_weight", "kl_dims_sum_nats", "eval_seconds", "sampler_kid"):
         assert f'"{key}"' in flat, key
-    assert "metrics/judge.json" in flat and '"test_accuracy"' in flat and '"real_fcd"' in flat
+    assert "metrics/judge.json" in flat and '"test_accuracy"' in flat and '"test_confidence"' in flat
     assert "metrics/audit.json" in flat and "metrics/features.json" in flat
+    # The real-image reference row of both scorers, and every stage's own time summed with the benchmark.
+    reference = json.loads((repo / "metrics" / "reference.json").read_text())
+    assert {"real_fcd", "real_kid", "real_judge_confidence"} <= set(reference["judge"]) <= set(reference["audit"])
+    timings = json.loads((repo / "metrics" / "timings.json").read_text())
+    stages = set(_run(["dvc", "stage", "list", "--name-only"], repo, env).split())
+    assert set(timings["stages"]) == stages - {"timings"}
+    assert timings["total_seconds"] == pytest.approx(sum(timings["stages"].values()), abs=0.5)
+    assert timings["benchmark_images_per_second"] > 0 and timings["train_step_profile_ms"]["decoder forward"] > 0
+    assert "| **total** |" in (repo / "docs" / "performance.md").read_text()
     for tag in ("1", "5"):
-        ev = json.loads((repo / "metrics" / f"beta_{tag}" / "eval.json").read_text())
+        ev = json.loads((repo / "metrics" / "betas" / f"beta_{tag}" / "eval.json").read_text())
         # N(0, I) prior: KL per dimension sums to the rate; every interval holds its estimate.
         assert ev["kl_dims_against_prior"] and ev["kl_dims_sum_nats"] == pytest.approx(ev["rate_nats"], rel=0.01)
         for key in headline:
@@ -122,7 +131,7 @@ def test_dvc_repro_end_to_end(small_repo):
         assert section in md, section
     # Evaluation writes metrics only: the sampler stage owns the sampler file.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert all(o["path"].startswith("metrics/beta_1/") for o in lock["evaluate@1"]["outs"])
+    assert all(o["path"].startswith(("metrics/betas/beta_1/", "metrics/timings/")) for o in lock["evaluate@1"]["outs"])
     assert "models/sampler/beta_1" in [o["path"] for o in lock["sampler@1"]["outs"]]
 
     # MLflow: one finished run per beta, tagged, with per-epoch and final metrics.
@@ -249,7 +258,7 @@ def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one
 
 
 @pytest.mark.slow
-def test_editing_the_vae_leaves_the_judge_up_to_date(small_repo):
+def test_edits_rerun_only_the_stages_that_use_them(small_repo):
     repo = small_repo
     env = _env(repo)
     _reproduced(repo, env)
@@ -261,11 +270,33 @@ def test_editing_the_vae_leaves_the_judge_up_to_date(small_repo):
         assert not {"judge", "audit", "features"} & changed and {"train@1", "train@5"} <= changed, changed
     finally:
         loss.write_text(original)
+    # Editing the audit's architecture reruns the audit and what scores with it, never a VAE or another classifier.
+    resnet = repo / "src" / "vaelab" / "resnet.py"
+    original = resnet.read_text()
+    try:
+        resnet.write_text(original + "# an edit of the audit's architecture\n")
+        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
+        assert changed == {"audit", "reference", "evaluate@1", "evaluate@5"}, changed
+    finally:
+        resnet.write_text(original)
+    # Evaluation settings rerun the evaluation, never a classifier.
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["evaluate"]["n_samples"] += 1
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
+        assert changed == {"reference", "evaluate@1", "evaluate@5"}, changed
+    finally:
+        params_file.write_text(original)
 
 
 @pytest.mark.slow
 def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
     from vaelab import storage, tracking
+    from vaelab.model import load_model
+    from vaelab.precision import count_parameters
 
     repo = small_repo
     env = _env(repo)
@@ -288,7 +319,8 @@ def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
     assert result["model"]["latent_dim"] == 128 and result["train"]["epochs"] == 2
     assert result["judge_md5"] == storage.weights_md5(repo / "models" / "judge" / "judge.pt")
     (b1,) = result["betas"]
-    assert b1["train"]["epochs"] == 2 and b1["train"]["parameters"] == 2_894_724
+    model, _ = load_model(repo / "presets" / "baseline" / "models" / "beta_1" / "model.pt")
+    assert b1["train"]["epochs"] == 2 and b1["train"]["parameters"] == count_parameters(model)
     for key in ("fcd", "sampler_fcd", "judge_confidence", "class_entropy", "test_bpd", "test_psnr"):
         assert isinstance(b1["eval"][key], float), key
     # Its own files and MLflow run; the default models are untouched.

@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO
 from vaelab import data, storage, tracking
 from vaelab.model import VAE
-from vaelab.classifier import build
+from vaelab.network import build
 from vaelab.params import ClassifierConfig, ModelConfig, TrainConfig, to_dict
 from vaelab.train import NonFiniteLossError, train
 
@@ -175,9 +175,9 @@ def _copy_workspace(src: Path, dest: Path) -> Path:
 
 def _result(ws: Path) -> tuple[dict, pd.DataFrame, dict]:
     state, _ = storage.load_state(ws / "models" / "beta_1" / "model.pt")
-    history = pd.read_csv(ws / "metrics" / "beta_1" / "history.csv")
+    history = pd.read_csv(ws / "metrics" / "betas" / "beta_1" / "history.csv")
     return state, history.drop(columns=["epoch_seconds", "images_per_second"]), json.loads(
-        (ws / "metrics" / "beta_1" / "train.json").read_text())
+        (ws / "metrics" / "betas" / "beta_1" / "train.json").read_text())
 
 
 def _start_until_checkpoint(ws: Path, store: str, ckpt: Path, epoch: int) -> subprocess.Popen:

@@ -154,7 +154,7 @@ def test_pipeline_logs_to_the_team_server(server, sampler_repo, tmp_path, monkey
 
     # Artifacts come back through the server and live in its destination, not in the repository.
     got = Path(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path / "download")))
-    assert got.read_text() == (repo / "metrics" / "beta_1" / "history.csv").read_text()
+    assert got.read_text() == (repo / "metrics" / "betas" / "beta_1" / "history.csv").read_text()
     stored = server["artifacts"] / experiment.experiment_id / run.info.run_id / "artifacts" / "history.csv"
     assert stored.read_text() == got.read_text()
     assert not (repo / "mlartifacts").exists() and not (repo / "mlruns").exists()

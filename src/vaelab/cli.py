@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaelab import data, density, plots, storage
+from vaelab import data, density, layout, plots, storage
 from vaelab.model import Codec, load_model
-from vaelab.stages import layout
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 RESIZE_NOTE = "images of any size or mode are converted to RGB and resized to 32x32 (bicubic; aspect ratio not kept)"
@@ -97,10 +96,10 @@ def load_codec(model: str, tracking_uri: str | None = None, sampler: Path | None
         vae, _ = load_model(model)
         gmm = None
         if sampler is not None:
-            state, settings = storage.load_state(sampler)
-            if settings.get("model_md5") != storage.weights_md5(model):
-                raise CLIError(f"{sampler} was fitted to another model's codes than {model}'s; run dvc repro")
-            gmm = density.GaussianMixture(**state)
+            try:
+                gmm = density.load_fitted(sampler, storage.weights_md5(model))
+            except density.StaleSamplerError:
+                raise CLIError(f"{sampler} was fitted to another model's codes than {model}'s; run dvc repro") from None
     except FileNotFoundError as e:
         raise CLIError(str(e)) from None
     except CLIError:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
+
+from vaelab.storage import load_state
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,19 @@ def sample(gmm: GaussianMixture, n: int, generator: torch.Generator) -> torch.Te
 def to_state(gmm: GaussianMixture) -> dict[str, torch.Tensor]:
     """The mixture's tensors by name (what `storage.save_state` writes and `GaussianMixture(**state)` reads)."""
     return dataclasses.asdict(gmm)
+
+
+class StaleSamplerError(RuntimeError):
+    """A sampler file fitted with other settings or to another model's codes than the one asked for."""
+
+
+def load_fitted(path: str | Path, model_md5: str, settings: Mapping[str, Any] | None = None) -> GaussianMixture:
+    """The mixture saved in `path` by stage sampler@<β>, checked against the weights md5 of the model it must have
+    been fitted to and (given) the settings it must have been fitted with; raises StaleSamplerError if either
+    differs."""
+    state, saved = load_state(path)
+    expected = {"model_md5": model_md5, **(settings or {})}
+    if {k: saved.get(k) for k in expected} != expected:
+        differ = sorted(k for k in expected if saved.get(k) != expected[k])
+        raise StaleSamplerError(f"{path} was fitted with {saved}, not with {expected} (differs in {', '.join(differ)})")
+    return GaussianMixture(**state)

@@ -54,14 +54,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
-        _check(len(self.widths) == 3, "model.widths", "must list 3 widths (32 -> 16 -> 8 -> 4)")
-        _check(all(w >= 1 for w in self.widths), "model.widths", "every width must be >= 1")
-        _check(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
+        _check(len(self.widths) == 3 and all(w >= 1 for w in self.widths), "model.widths",
+               f"must list 3 widths >= 1 (32 -> 16 -> 8 -> 4 pixels), got {list(self.widths)}")
         _check(self.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {LIKELIHOODS}")
         _check(self.prior_flows >= 0, "model.prior_flows", f"must be >= 0, got {self.prior_flows}")
         _check(self.prior_hidden >= 1, "model.prior_hidden", f"must be >= 1, got {self.prior_hidden}")
         _check(self.upsample in UPSAMPLES, "model.upsample", f"must be one of {UPSAMPLES}, got {self.upsample!r}")
-        _check(self.decoder_res_blocks >= 0, "model.decoder_res_blocks", "must be >= 0")
+        for key in ("res_blocks", "decoder_res_blocks"):
+            _check(getattr(self, key) >= 0, f"model.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(len(self.decoder_widths) in (0, 3) and all(w >= 1 for w in self.decoder_widths),
                "model.decoder_widths", f"must be [] or list 3 widths >= 1, got {list(self.decoder_widths)}")
         _check(self.sigma in SIGMAS, "model.sigma", f"must be one of {SIGMAS}, got {self.sigma!r}")
@@ -74,6 +74,7 @@ class ModelConfig:
 LIKELIHOODS = ("logistic", "gaussian")
 UPSAMPLES = ("transposed", "nearest")
 SIGMAS = ("global", "channel", "pixel")
+ARCHITECTURES = ("airbench", "resnet", "vgg")  # classifier modules (vaelab.network.ARCHITECTURE_MODULES)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of the weights, used for evaluation and saved (0 = off)
     weight_decay: float = 0.0
     grad_clip: float = 200.0  # max global gradient norm
-    bf16: bool = True  # bf16 autocast (CPU and CUDA); False = float32
+    bf16: bool = True  # bf16 autocast where the hardware computes bf16 (CUDA, AVX512-BF16/AMX CPUs); else float32
     threads: int = 0  # torch intra-op threads per process, 0 = the cores shared out over the processes
     processes: int = 1  # data-parallel processes (torchrun, DDP); the global batch stays batch_size
 
@@ -106,16 +107,14 @@ class TrainConfig:
         _check(self.batch_size % self.processes == 0 and self.batch_size // self.processes >= 2, "train.processes",
                f"must split train.batch_size ({self.batch_size}) into equal shares of >= 2 images, got {self.processes}")
         _check(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs", "must be >= 0")
-        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(math.isfinite(self.mmd_weight) and self.mmd_weight >= 0, "train.mmd_weight",
                f"must be a finite number >= 0, got {self.mmd_weight}")
         _check(math.isfinite(self.perceptual_weight) and self.perceptual_weight >= 0, "train.perceptual_weight",
                f"must be a finite number >= 0, got {self.perceptual_weight}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
-        _check(self.threads >= 0, "train.threads", "must be >= 0")
+        for key in ("warmup_steps", "kl_warmup_epochs", "weight_decay", "threads"):
+            _check(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -144,14 +143,13 @@ class EvaluateConfig:
     bootstrap: int = 200  # resamples of the test images behind every 95% interval
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        for key, least in (("batch_size", 1), ("iw_samples", 1), ("tc_batch_size", 2), ("probe_steps", 1),
+                           ("n_samples", 2), ("kid_subsets", 1), ("kid_subset_size", 2), ("bootstrap", 2)):
+            _check(getattr(self, key) >= least, f"evaluate.{key}", f"must be >= {least}, got {getattr(self, key)}")
         _check(len(self.active_thresholds) >= 1 and all(t > 0 for t in self.active_thresholds),
                "evaluate.active_thresholds", f"must list thresholds > 0, got {list(self.active_thresholds)}")
-        _check(self.iw_samples >= 1, "evaluate.iw_samples", f"must be >= 1, got {self.iw_samples}")
         _check(1 <= self.iw_images <= 10_000, "evaluate.iw_images", "must be in 1..10000")
-        _check(self.tc_batch_size >= 2, "evaluate.tc_batch_size", "must be >= 2")
         _check(self.probe_l2 >= 0, "evaluate.probe_l2", "must be >= 0")
-        _check(self.probe_steps >= 1, "evaluate.probe_steps", "must be >= 1")
         _check(4 <= self.factor_images <= 10_000, "evaluate.factor_images", "must be in 4..10000")
         _check(self.readout_l2 > 0, "evaluate.readout_l2", "must be > 0")
         for key, identity in (("brightness_levels", 0), ("hue_levels_deg", 0), ("saturation_levels", 1),
@@ -167,10 +165,6 @@ class EvaluateConfig:
         _check(all(abs(v) <= 90 for v in self.rotation_levels_deg), "evaluate.rotation_levels_deg",
                "must lie in [-90, 90]")
         _check(all(0.25 <= v <= 4 for v in self.scale_levels), "evaluate.scale_levels", "must lie in [0.25, 4]")
-        _check(self.n_samples >= 2, "evaluate.n_samples", "must be >= 2")
-        _check(self.kid_subsets >= 1, "evaluate.kid_subsets", "must be >= 1")
-        _check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", "must be >= 2")
-        _check(self.bootstrap >= 2, "evaluate.bootstrap", f"must be >= 2, got {self.bootstrap}")
 
 
 @dataclass(frozen=True)
@@ -221,9 +215,6 @@ class ClassifierConfig:
                "{section}.whiten_width", "must be even, in 2..24 (pairs of the 12 patch eigenvectors)")
 
 
-ARCHITECTURES = ("airbench", "resnet", "vgg")
-
-
 @dataclass(frozen=True)
 class FiguresConfig:
     """What the figures show."""
@@ -242,6 +233,20 @@ class FiguresConfig:
         _check(self.traversal_dims >= 1, "figures.traversal_dims", "must be >= 1")
         _check(self.traversal_steps >= 2, "figures.traversal_steps", "must be >= 2")
         _check(self.traversal_range > 0, "figures.traversal_range", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TimingsConfig:
+    """Stage `timings`: how long it measures the train benchmark and profiles a training step."""
+
+    benchmark_steps: int = 30  # timed training steps per variant (plain, with the perceptual term)
+    benchmark_warmup: int = 5  # untimed steps before them
+    profile_steps: int = 10  # profiled steps (the median is reported)
+
+    def __post_init__(self) -> None:
+        for key in ("benchmark_steps", "profile_steps"):
+            _check(getattr(self, key) >= 1, f"timings.{key}", "must be >= 1")
+        _check(self.benchmark_warmup >= 0, "timings.benchmark_warmup", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,7 @@ class Params:
     audit: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(arch="resnet", seed=1))
     features: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(arch="vgg", seed=2))
     figures: FiguresConfig = field(default_factory=FiguresConfig)
+    timings: TimingsConfig = field(default_factory=TimingsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -345,13 +351,8 @@ def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-# What a preset may override: the model and its training recipe, the training subset, and the seeds it runs with
-# (one model per seed and beta: the seed-to-seed spread). Evaluation, judge and sampler stay those of the default
-# run, so a preset's numbers compare with the default's.
-PRESET_KEYS = ("description", "model", "train", "data", "seeds")
-
-
 def _read(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; a missing file or invalid YAML raises ParamsError."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params: file not found: {path}")
@@ -364,65 +365,12 @@ def _read(path: str | Path) -> dict[str, Any]:
     return dict(raw)
 
 
-def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple[str, list[Params]]]:
-    """Validate the `presets` section: name -> (description, the default params with the preset's overrides, one
-    per seed)."""
-    section = raw.get("presets") or {}
-    if not isinstance(section, Mapping):
-        raise ParamsError("params: 'presets' must be a mapping of preset name -> overrides")
-    out = {}
-    for name, preset in section.items():
-        key = f"presets.{name}"
-        if not isinstance(name, str) or re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", name) is None:
-            raise ParamsError(f"params: '{key}' must be named with lowercase letters, digits, '_' or '-'")
-        if not isinstance(preset, Mapping):
-            raise ParamsError(f"params: '{key}' must be a mapping with keys {', '.join(PRESET_KEYS)}")
-        for k in preset:
-            if k not in PRESET_KEYS:
-                raise ParamsError(f"params: unknown key '{key}.{k}' (allowed: {', '.join(PRESET_KEYS)})")
-        description = preset.get("description", "")
-        if not isinstance(description, str):
-            raise ParamsError(f"params: '{key}.description' must be a string")
-        merged = dict(base)
-        seeds = preset.get("seeds", [base.get("seed", 0)])
-        if not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds):
-            raise ParamsError(f"params: '{key}.seeds' must be a non-empty list of distinct seeds")
-        for seed in seeds:
-            try:
-                from_dict(Params, {"seed": seed})
-            except ParamsError as e:
-                raise ParamsError(str(e).replace("'seed'", f"'{key}.seeds'", 1)) from None
-        data_over = preset.get("data") or {}
-        if not isinstance(data_over, Mapping) or set(data_over) - {"subset"}:
-            raise ParamsError(f"params: '{key}.data' may set only 'subset'")
-        merged["data"] = {**(base.get("data") or {}), **data_over}
-        for section_name in ("model", "train"):
-            overrides = preset.get(section_name) or {}
-            if not isinstance(overrides, Mapping):
-                raise ParamsError(f"params: '{key}.{section_name}' must be a mapping")
-            try:  # checked alone first, so that an error names the preset's key
-                from_dict(Params, {section_name: {**(base.get(section_name) or {}), **overrides}})
-            except ParamsError as e:
-                raise ParamsError(str(e).replace("'", f"'{key}.", 1)) from None
-            merged[section_name] = {**(base.get(section_name) or {}), **overrides}
-        out[name] = (description, [from_dict(Params, {**merged, "seed": seed}) for seed in seeds])
-    return out
-
-
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (missing keys take the dataclass defaults); its presets are validated too."""
+    """Read and validate params.yaml (missing keys take the dataclass defaults). The `presets` section is left to
+    `vaelab.presets.load_presets`: only the report and the preset command read it, and `presets` is a param of
+    the report stage alone, so an edited preset is validated by the next `dvc repro` at once."""
     raw = _read(path)
-    base = {k: v for k, v in raw.items() if k != "presets"}
-    params = from_dict(Params, base)
-    _presets(raw, base)  # a broken preset fails every stage early, not hours later when it is run
-    return params
-
-
-def load_presets(path: str | Path = "params.yaml") -> dict[str, tuple[str, list[Params]]]:
-    """The named recipes of params.yaml's `presets` section, in file order: name -> (description, params per
-    seed)."""
-    raw = _read(path)
-    return _presets(raw, {k: v for k, v in raw.items() if k != "presets"})
+    return from_dict(Params, {k: v for k, v in raw.items() if k != "presets"})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

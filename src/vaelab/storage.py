@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-
 
 
 @contextmanager
@@ -59,8 +59,12 @@ def save_model(path: str | Path, model: torch.nn.Module, config: dict[str, Any])
 def save_state(path: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """Save named tensors with a config of plain types, atomically; `load_state` reads them back."""
     state = {k: v.detach().cpu() for k, v in state.items()}
+    # Through memory: torch.save names its zip records after the file it writes, which for an atomic write is a
+    # random temporary name; a buffer's records are always named "archive", so the same weights give the same bytes.
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "config": config}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "config": config}, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_state(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -74,8 +78,8 @@ def load_state(path: str | Path, device: torch.device | str = "cpu") -> tuple[di
 
 def weights_md5(path: str | Path) -> str:
     """md5 of the weights in a file saved by `save_model` (names, dtypes, shapes and values, in name order): the
-    model's identity. The file's own md5 is not one: torch.save records the name of the temporary file that an
-    atomic write goes through, so saving the same weights twice gives different bytes."""
+    model's identity, whatever else the file holds (its config, or the record names of files saved before
+    `save_state` wrote through memory)."""
     state, _ = load_state(path)
     h = hashlib.md5()
     for name in sorted(state):

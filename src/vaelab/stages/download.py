@@ -6,7 +6,8 @@ from pathlib import Path
 
 from vaelab import data
 from vaelab.params import ParamsError, load_params
-from vaelab.stages.layout import BATCHES, PARAMS_FILE
+from vaelab.layout import BATCHES, PARAMS_FILE
+from vaelab.stages import runtime
 
 
 def main() -> int:
@@ -18,7 +19,7 @@ def main() -> int:
         print(f"download: {e}", file=sys.stderr)
         return 1
     print(f"download: CIFAR-10 ready in {Path(p.root) / BATCHES} (from {origin})")
-    return 0
+    return runtime.finish("download", 0)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaelab import classifier, data, density, factors, metrics, organisation, quality, storage, tracking
+from vaelab import (classifier, data, density, factors, layout, metrics, network, organisation, quality, storage,
+                    tracking)
 from vaelab.intervals import bootstrap, mean_interval, with_interval
 from vaelab.loss import bits_per_dim
 from vaelab.model import load_model
-from vaelab.stages import layout
+from vaelab.stages import runtime
+from vaelab.stages.sampler import load_sampler
 
 
 def main(argv: list[str] | None = None) -> int:
-    params, beta, paths = layout.beta_stage("evaluate", argv, __doc__)
-    return run(params, beta, paths)
+    params, beta, paths = runtime.beta_stage("evaluate", argv, __doc__)
+    return runtime.finish(f"evaluate@{paths.tag}", run(params, beta, paths))
 
 
 def run(params, beta: float, paths: layout.BetaPaths) -> int:
@@ -27,15 +29,15 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     write paths.eval_metrics and log them to the model's MLflow run. Returns the exit status."""
     ev, seed, reps = params.evaluate, params.seed, params.evaluate.bootstrap
     t0 = time.perf_counter()
-    device = layout.device()
+    device = runtime.device()
     model, config = load_model(paths.model, device)
     try:
-        gmm = layout.load_sampler(paths, params)
-    except layout.StaleSamplerError as e:
+        gmm = load_sampler(paths, params)
+    except density.StaleSamplerError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
     bf16 = config["train"]["bf16"]
-    scorers = {role: classifier.load(layout.CLASSIFIERS[role].model, device) for role in ("judge", "audit")}
+    scorers = {role: network.load(layout.CLASSIFIERS[role].model, device) for role in ("judge", "audit")}
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     n_test = len(ds.test_x)
     clock = [t0]

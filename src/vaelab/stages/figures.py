@@ -7,22 +7,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from vaelab import data, plots, storage, tracking
+from vaelab import data, density, layout, plots, storage, tracking
 from vaelab.model import load_model
-from vaelab.stages import layout
+from vaelab.stages import runtime
+from vaelab.stages.sampler import load_sampler
 
 
 def main(argv: list[str] | None = None) -> int:
-    params, beta, paths = layout.beta_stage("figures", argv, __doc__)
-    device = layout.device()
+    params, beta, paths = runtime.beta_stage("figures", argv, __doc__)
+    device = runtime.device()
     model, config = load_model(paths.model, device)
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     history = pd.read_csv(paths.history)
     kl_dims = pd.read_csv(paths.kl_per_dim)["kl_nats"].tolist()
     response = pd.read_csv(paths.factor_response)
     try:  # the sampler that sampler@<beta> fitted and evaluate@<beta> judged
-        gmm = layout.load_sampler(paths, params)
-    except layout.StaleSamplerError as e:
+        gmm = load_sampler(paths, params)
+    except density.StaleSamplerError as e:
         print(f"figures: {e}", file=sys.stderr)
         return 2
     figs = plots.make_figures(model, ds, history, kl_dims, response, beta, params.figures, gmm, params.seed, device)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for out in written:
             tracking.log_artifact(out, "figures")
     print(f"figures: β = {beta:g}: wrote {len(written)} figures to {paths.figures}")
-    return 0
+    return runtime.finish(f"figures@{paths.tag}", 0)
 
 
 if __name__ == "__main__":

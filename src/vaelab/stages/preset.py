@@ -16,16 +16,17 @@ from pathlib import Path
 
 import torch
 
-from vaelab import metrics, plots, storage, tracking
+from vaelab import layout, metrics, plots, storage, tracking
 from vaelab.model import load_model
-from vaelab.params import ParamsError, load_params, load_presets, to_dict
-from vaelab.stages import evaluate, layout, sampler, train
+from vaelab.params import ParamsError, load_params, to_dict
+from vaelab.presets import load_presets
+from vaelab.stages import evaluate, runtime, sampler, train
 
 
 def save_prior_grid(model_file: Path, params, out: Path) -> None:
     """The figures stage's prior grid for a preset's model: the same seeded codes z ~ N(0, I) as every default
     model decodes, so the report can put the two grids side by side."""
-    model, _ = load_model(model_file, layout.device())
+    model, _ = load_model(model_file, runtime.device())
     n = params.figures.grid_size**2
     z = torch.randn(n, model.cfg.latent_dim, generator=torch.Generator().manual_seed(params.seed))
     with torch.no_grad():
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preset: {args.name} sets train.processes = {first.train.processes}; presets train in this one "
               f"process (use the pipeline's train stage, or `dvc exp run`, for torchrun)", file=sys.stderr)
         return 2
-    layout.set_threads(first.train.threads)
+    runtime.set_threads(first.train.threads)
     rows = []
     for params in per_seed:
         # One seed keeps the layout presets/NAME/...; several get a folder each.

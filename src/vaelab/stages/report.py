@@ -9,21 +9,18 @@ from pathlib import Path
 from matplotlib.image import imread
 import pandas as pd
 
-from vaelab import plots, report, storage
-from vaelab.params import ParamsError, Params, load_params, load_presets, to_dict
-from vaelab.stages.layout import AUDIT, COMPARISON, JUDGE, PARAMS_FILE, BetaPaths, preset_results_file
-
-REPORT = Path("reports/report.md")
-REPORT_HTML = Path("reports/report.html")  # the same report with every image embedded: one file to open or send
-# Every beta's history in one long table (column `beta`): `dvc plots show` overlays the betas from it.
-CURVES = COMPARISON / "training_curves.csv"
-
+from vaelab import plots, report, storage, webpage
+from vaelab.params import ParamsError, Params, load_params, to_dict
+from vaelab.presets import load_presets
+from vaelab.layout import (AUDIT, BETA_METRICS, COMPARISON, CURVES, JUDGE, PARAMS_FILE, REFERENCE, REPORT,
+                           REPORT_HTML, BetaPaths, preset_results_file)
+from vaelab.stages import runtime
 
 def collect(params: Params) -> list[dict]:
     """One row per listed beta, joined from its train and eval metrics; a removed beta's stale files are
     ignored. Tags are read from the metrics folders, so 1 and 1.0 both resolve."""
     found = {}
-    for d in sorted(Path("metrics").glob("beta_*")):
+    for d in sorted(BETA_METRICS.glob("beta_*")):
         tag = d.name.removeprefix("beta_")
         try:
             found[float(tag)] = tag
@@ -32,7 +29,7 @@ def collect(params: Params) -> list[dict]:
     rows = []
     for beta in params.train.betas:
         if beta not in found:
-            raise FileNotFoundError(f"no metrics for β = {beta:g} under metrics/: run its stages (dvc repro)")
+            raise FileNotFoundError(f"no metrics for β = {beta:g} under {BETA_METRICS}: run its stages (dvc repro)")
         paths = BetaPaths(found[beta])
         row = {**storage.read_json(paths.train_metrics), **storage.read_json(paths.eval_metrics), "tag": paths.tag}
         row["train_minutes"] = row["train_seconds"] / 60
@@ -87,12 +84,13 @@ def main() -> int:
     try:
         params = load_params(PARAMS_FILE)
         rows = collect(params)
-        if not JUDGE.metrics.is_file():
-            raise FileNotFoundError(f"{JUDGE.metrics} is missing: run the judge stage (dvc repro)")
-        reference = storage.read_json(JUDGE.metrics)
-        if not AUDIT.metrics.is_file():
-            raise FileNotFoundError(f"{AUDIT.metrics} is missing: run the audit stage (dvc repro)")
-        audit_reference = storage.read_json(AUDIT.metrics)
+        for need, stage in ((JUDGE.metrics, "judge"), (AUDIT.metrics, "audit"), (REFERENCE, "reference")):
+            if not need.is_file():
+                raise FileNotFoundError(f"{need} is missing: run the {stage} stage (dvc repro)")
+        # Each scorer's own metrics (test accuracy) with its real-image reference row (stage `reference`).
+        real = storage.read_json(REFERENCE)
+        reference = storage.read_json(JUDGE.metrics) | real["judge"] | {"n_real": real["n_real"]}
+        audit_reference = storage.read_json(AUDIT.metrics) | real["audit"] | {"n_real": real["n_real"]}
         presets = preset_results()
     except (ParamsError, FileNotFoundError) as e:
         print(f"report: {e}", file=sys.stderr)
@@ -122,12 +120,12 @@ def main() -> int:
     judge_md5 = storage.weights_md5(JUDGE.model)
     recipe = {"model": to_dict(params.model), "train": to_dict(params.train)}
     md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe, audit_reference)
-    html = report.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
+    html = webpage.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
     storage.write_text(REPORT, md)
     storage.write_text(REPORT_HTML, html)
     betas = ", ".join(f"{r['beta']:g}" for r in rows)
     print(f"report: wrote {REPORT} and {REPORT_HTML} for β = {betas}")
-    return 0
+    return runtime.finish("report", 0)
 
 
 if __name__ == "__main__":

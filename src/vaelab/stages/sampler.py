@@ -9,21 +9,38 @@ from pathlib import Path
 
 import torch
 
-from vaelab import data, density, metrics, storage, tracking
+from vaelab import data, density, layout, metrics, storage, tracking
 from vaelab.model import Codec, load_model
-from vaelab.stages import layout
+from vaelab.params import Params
+from vaelab.stages import runtime
+
+
+def sampler_settings(params: Params) -> dict[str, int]:
+    """What sampler@<beta> fits the ex-post mixture with: saved beside it, checked by every stage that draws from
+    it."""
+    return {"components": params.sampling.gmm_components, "iterations": params.sampling.gmm_iterations,
+            "seed": params.seed}
+
+
+def load_sampler(paths: layout.BetaPaths, params: Params) -> density.GaussianMixture:
+    """The ex-post mixture sampler@<beta> fitted for the model in paths.model with params.yaml's settings; raises
+    density.StaleSamplerError naming the stage to rerun otherwise."""
+    try:
+        return density.load_fitted(paths.sampler, storage.weights_md5(paths.model), sampler_settings(params))
+    except density.StaleSamplerError as e:
+        raise density.StaleSamplerError(f"{e}; run `dvc repro sampler@{paths.tag}` first") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    params, beta, paths = layout.beta_stage("sampler", argv, __doc__)
-    return run(params, beta, paths)
+    params, beta, paths = runtime.beta_stage("sampler", argv, __doc__)
+    return runtime.finish(f"sampler@{paths.tag}", run(params, beta, paths))
 
 
 def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     """Fit, save, log and register the sampler of the model in paths.model; `preset` names a params preset
     (registry alias `<preset>-beta-B`). Returns the exit status."""
     t0 = time.perf_counter()
-    device = layout.device()
+    device = runtime.device()
     model, config = load_model(paths.model, device)
     bf16 = config["train"]["bf16"]
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
@@ -38,7 +55,7 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
                "test_log_prob": float(density.log_prob(gmm, test_mu).mean())}
     # With what it was fitted, and to which model's codes: every consumer refuses a sampler that is not this one.
     storage.save_state(paths.sampler, density.to_state(gmm),
-                       {**layout.sampler_settings(params), "model_md5": storage.weights_md5(paths.model)})
+                       {**sampler_settings(params), "model_md5": storage.weights_md5(paths.model)})
     storage.write_json(paths.sampler_metrics, summary)
     run = storage.read_json(paths.run_file)
     description = (f"{preset + ' preset: ' if preset else ''}β = {beta:g}, z = {model.cfg.latent_dim}; samples "

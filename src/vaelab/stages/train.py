@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from vaelab import classifier, data, storage, tracking
+from vaelab import data, layout, network, storage, tracking
 from vaelab.loss import Activations
 from vaelab.model import VAE
-from vaelab.precision import autocast, count_parameters
+from vaelab.precision import autocast, count_parameters, precision_name
 from vaelab.params import flatten, to_dict
-from vaelab.stages import layout
+from vaelab.stages import runtime
 from vaelab.train import NonFiniteLossError, train
 
 
@@ -43,7 +43,7 @@ def resolved_config(params, beta: float) -> dict:
 def feature_activations(device: torch.device, bf16: bool) -> Activations:
     """The frozen feature network (stage `features`) as the perceptual term reads it: images in [-1, 1] ->
     its three layers' activations (float32)."""
-    net, _ = classifier.load(layout.FEATURES.model, device)
+    net, _ = network.load(layout.FEATURES.model, device)
 
     def activations(x: torch.Tensor) -> list[torch.Tensor]:
         with autocast(device, bf16):
@@ -53,10 +53,10 @@ def feature_activations(device: torch.device, bf16: bool) -> Activations:
 
 
 def main(argv: list[str] | None = None) -> int:
-    params, beta, paths = layout.beta_stage("train", argv, __doc__)
+    params, beta, paths = runtime.beta_stage("train", argv, __doc__)
     if params.train.processes > 1 and "LOCAL_RANK" not in os.environ:
         launch_torchrun(params.train.processes, sys.argv[1:] if argv is None else argv)
-    return run(params, beta, paths)
+    return runtime.finish(f"train@{paths.tag}", run(params, beta, paths))
 
 
 def launch_torchrun(processes: int, argv: list[str]) -> None:
@@ -104,7 +104,7 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     """Train, save and log one model; `preset` names a params preset (MLflow run `<preset>/beta=B`, alias
     `<preset>-beta-B`), "" is the default pipeline. Returns the exit status. Under torchrun every rank calls
     it; rank 0 alone writes and logs."""
-    device = layout.device()
+    device = runtime.device()
     try:
         rank, world_size = init_distributed(params.train.processes, device)
     except ValueError as e:
@@ -206,6 +206,7 @@ def _run(params, beta: float, paths: layout.BetaPaths, preset: str, device: torc
                     "epochs": params.train.epochs,
                     "n_train": n_train,
                     "processes": world_size,
+                    "precision": precision_name(device, params.train.bf16),  # train.bf16 where the hardware has it
                     # ru_maxrss is in KiB on Linux: this (rank 0's) process's peak resident memory.
                     "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 }

@@ -1,22 +1,35 @@
-"""Where every stage reads and writes: the repository layout shared by dvc.yaml and the stage scripts."""
+"""Where every stage reads and writes: the one definition of the repository layout (per classifier, per β, per
+stage), used by the stages, the CLI and the notebook, and held to dvc.yaml by tests/test_layout.py. Torch-free."""
 from __future__ import annotations
 
-import argparse
-import math
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-
-from vaelab.params import ParamsError, Params, load_params
 
 PARAMS_FILE = Path("params.yaml")
 BATCHES = Path("cifar-10-batches-py")
 
 # The cross-beta figures of the report stage.
 COMPARISON = Path("reports") / "comparison"
+# Every beta's metrics folder (BetaPaths.metrics_dir) lies in this one.
+BETA_METRICS = Path("metrics") / "betas"
+# The report stage's outputs: the markdown, the same report with every image embedded (one file to open or send),
+# and every beta's history in one long table (column `beta`), from which `dvc plots show` overlays the betas.
+REPORT = Path("reports") / "report.md"
+REPORT_HTML = Path("reports") / "report.html"
+CURVES = COMPARISON / "training_curves.csv"
+# Real images scored by the judge and the audit exactly like samples (stage `reference`).
+REFERENCE = Path("metrics") / "reference.json"
+# Each stage's own wall time (metrics/timings/<stage>.json, stage as DVC names it: train@1) and their sum.
+TIMINGS_DIR = Path("metrics") / "timings"
+TIMINGS = Path("metrics") / "timings.json"
+PERFORMANCE_DOC = Path("docs") / "performance.md"
+
+
+def timing_file(stage: str) -> Path:
+    """Where stage `stage` (as DVC names it: judge, train@1) writes its wall time."""
+    return TIMINGS_DIR / f"{stage}.json"
+
+
 # Results of params.yaml's presets (python -m vaelab.stages.preset NAME): small, git-tracked, read by the report.
 PRESET_RESULTS = Path("reports") / "presets"
 
@@ -105,7 +118,9 @@ class BetaPaths:
 
     @property
     def metrics_dir(self) -> Path:
-        return self.root / "metrics" / f"beta_{self.tag}"
+        # Under metrics/betas/, not metrics/: the report depends on every beta's folder, and metrics/ also holds the
+        # stage timings, which the report writes too (a stage may not depend on its own output).
+        return self.root / BETA_METRICS / f"beta_{self.tag}"
 
     @property
     def history(self) -> Path:
@@ -130,13 +145,6 @@ class BetaPaths:
     @property
     def figures(self) -> Path:
         return self.root / "reports" / "figures" / f"beta_{self.tag}"
-
-
-def sampler_settings(params: Params) -> dict[str, int]:
-    """What sampler@<beta> fits the ex-post mixture with: saved beside it, checked by every stage that draws from
-    it."""
-    return {"components": params.sampling.gmm_components, "iterations": params.sampling.gmm_iterations,
-            "seed": params.seed}
 
 
 def find_beta(beta: str, root: Path = Path(".")) -> BetaPaths:
@@ -166,60 +174,3 @@ def repo_root() -> Path:
     return cwd
 
 
-def beta_arg(argv: list[str] | None, params: Params, description: str) -> tuple[float, BetaPaths]:
-    """Parse `--beta B` (the foreach item), check it is listed in train.betas, return it and its paths."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--beta", required=True, help="a value listed in params.yaml train.betas")
-    args = parser.parse_args(argv)
-    try:
-        beta = float(args.beta)
-    except ValueError:
-        raise ParamsError(f"--beta must be a number, got {args.beta!r}") from None
-    if not math.isfinite(beta) or beta not in params.train.betas:
-        raise ParamsError(f"--beta {args.beta} is not listed in params.yaml train.betas {list(params.train.betas)}")
-    return beta, BetaPaths(args.beta)
-
-
-def beta_stage(name: str, argv: list[str] | None, description: str) -> tuple[Params, float, BetaPaths]:
-    """The opening of every per-beta stage: read params.yaml, parse `--beta`, set the thread count.
-    Bad params or a beta not listed exit with status 2 and a message naming the problem."""
-    try:
-        params = load_params(PARAMS_FILE)
-        beta, paths = beta_arg(argv, params, description)
-    except ParamsError as e:
-        print(f"{name}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    set_threads(params.train.threads)
-    return params, beta, paths
-
-
-def device() -> torch.device:
-    """CUDA when present, else CPU (LOCAL_RANK picks the GPU under torchrun)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def set_threads(n: int) -> None:
-    """Use n intra-op threads (0 = this machine's cores shared out over torchrun's processes on it)."""
-    per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(n or max(1, per_process))
-
-
-class StaleSamplerError(RuntimeError):
-    """The sampler file was fitted with other settings or to another model's codes; the message says what to run."""
-
-
-def load_sampler(paths: BetaPaths, params: Params | None = None):
-    """The ex-post mixture sampler@<beta> fitted for the model in paths.model. Raises StaleSamplerError when it was
-    fitted to another model or (given params) with other settings than params.yaml's."""
-    from vaelab import density, storage  # the layout itself needs neither
-
-    state, settings = storage.load_state(paths.sampler)
-    expected = {"model_md5": storage.weights_md5(paths.model)}
-    if params is not None:
-        expected |= sampler_settings(params)
-    if {k: settings.get(k) for k in expected} != expected:
-        raise StaleSamplerError(f"{paths.sampler} was fitted with {settings}, not with {expected}; run "
-                                f"`dvc repro sampler@{paths.tag}` first")
-    return density.GaussianMixture(**state)
