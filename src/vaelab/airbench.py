@@ -32,13 +32,11 @@ class Net(Classifier):
     logit_scale = 9.0  # airbench's output scaling: max-pooled features are ~9x larger than averaged ones
 
     def __init__(self, cfg: ClassifierConfig):
-        super().__init__()
         w1, w2, w3 = cfg.widths
         whiten = nn.Conv2d(3, cfg.whiten_width, 2, padding=0, bias=True)  # 32 -> 31 pixels; set by init_whitening
         whiten.weight.requires_grad_(False)
-        self.stem = nn.Sequential(whiten, nn.GELU())
-        self.groups = nn.Sequential(ConvGroup(cfg.whiten_width, w1), ConvGroup(w1, w2), ConvGroup(w2, w3))
-        self.head = nn.Linear(w3, 10, bias=False)
+        groups = nn.Sequential(ConvGroup(cfg.whiten_width, w1), ConvGroup(w1, w2), ConvGroup(w2, w3))
+        super().__init__(nn.Sequential(whiten, nn.GELU()), groups, w3)
 
     @torch.no_grad()
     def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:

@@ -28,22 +28,22 @@ def norm(channels: int) -> nn.BatchNorm2d:
 
 
 class Classifier(nn.Module):
-    """Images (B, 3, 32, 32) in [0, 1] -> logits (B, 10). A subclass builds, in this order (the order in which a
-    seed initialises them), `stem` (applied to the normalised images), `groups` (three stages whose outputs are
-    the activations) and `head`, and sets `pool` ("max" or "mean" over the last group's pixels) and `logit_scale`
-    (the head's output is divided by it)."""
+    """Images (B, 3, 32, 32) in [0, 1] -> logits (B, 10): `stem` on the normalised images, then three `groups`
+    whose outputs are the activations, the last one pooled over its pixels (`pool`: "mean" or "max") into the
+    penultimate features of width `width`, then a linear head whose output is divided by `logit_scale`. An
+    architecture builds its stem and groups and passes them in; the head is built last, so that a seed gives the
+    layers the same initial weights in the same order."""
 
     pool: str = "mean"
     logit_scale: float = 1.0
 
-    stem: nn.Module
-    groups: nn.Sequential
-    head: nn.Linear  # (w3 -> 10), no bias
-
-    def __init__(self) -> None:
+    def __init__(self, stem: nn.Module, groups: nn.Sequential, width: int) -> None:
         super().__init__()
         self.register_buffer("mean", CIFAR_MEAN.view(1, 3, 1, 1))
         self.register_buffer("std", CIFAR_STD.view(1, 3, 1, 1))
+        self.stem = stem
+        self.groups = groups
+        self.head = nn.Linear(width, 10, bias=False)
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of each of the three groups, finer to coarser."""

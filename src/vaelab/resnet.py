@@ -30,14 +30,10 @@ class ResidualBlock(nn.Module):
 
 class Net(Classifier):
     """Activations (B, w1, 32, 32), (B, w2, 16, 16), (B, w3, 8, 8); features: global average pool; unscaled
-    logits."""
-
-    pool = "mean"
-    logit_scale = 1.0
+    logits (the base's defaults)."""
 
     def __init__(self, cfg: ClassifierConfig):
-        super().__init__()
         w1, w2, w3 = cfg.widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, padding=1, bias=False), norm(w1), nn.ReLU())
-        self.groups = nn.Sequential(ResidualBlock(w1, w1, 1), ResidualBlock(w1, w2, 2), ResidualBlock(w2, w3, 2))
-        self.head = nn.Linear(w3, 10, bias=False)
+        stem = nn.Sequential(nn.Conv2d(3, w1, 3, padding=1, bias=False), norm(w1), nn.ReLU())
+        blocks = nn.Sequential(ResidualBlock(w1, w1, 1), ResidualBlock(w1, w2, 2), ResidualBlock(w2, w3, 2))
+        super().__init__(stem, blocks, w3)

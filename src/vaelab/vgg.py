@@ -17,15 +17,9 @@ def pair(c_in: int, c_out: int, downsample: bool) -> nn.Sequential:
 
 
 class Net(Classifier):
-    """Activations (B, w1, 32, 32), (B, w2, 16, 16), (B, w3, 8, 8); features: global average pool; unscaled
-    logits."""
-
-    pool = "mean"
-    logit_scale = 1.0
+    """Activations (B, w1, 32, 32), (B, w2, 16, 16), (B, w3, 8, 8) (what the perceptual distance reads); features:
+    global average pool; unscaled logits (the base's defaults)."""
 
     def __init__(self, cfg: ClassifierConfig):
-        super().__init__()
         w1, w2, w3 = cfg.widths
-        self.stem = nn.Identity()
-        self.groups = nn.Sequential(pair(3, w1, False), pair(w1, w2, True), pair(w2, w3, True))
-        self.head = nn.Linear(w3, 10, bias=False)
+        super().__init__(nn.Identity(), nn.Sequential(pair(3, w1, False), pair(w1, w2, True), pair(w2, w3, True)), w3)
