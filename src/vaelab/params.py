@@ -186,7 +186,7 @@ class ClassifierConfig:
     """One CIFAR-10 classifier (params sections judge, audit, features): its architecture, seed and the
     airbench-style recipe it is trained with. Error messages name the section ({section} below)."""
 
-    arch: str = "airbench"  # airbench (judge) | resnet (audit) | vgg (features); see classifier.py
+    arch: str = "airbench"  # airbench (judge) | resnet (audit) | vgg (features); see network.py
     seed: int = 0  # the classifier's own training seed (batch order, augmentation, initialisation)
     widths: tuple[int, ...] = (32, 128, 128)  # conv widths of the three groups
     epochs: float = 8.0

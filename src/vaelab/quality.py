@@ -1,6 +1,6 @@
 """Sample quality as a classifier sees it: FCD and KID of its features against a reference set, its confidence and
 the entropy of its predicted classes, each headline number with a bootstrap interval. Independent of the VAE, so
-that the classifiers' stages (judge, audit) do not depend on the VAE's code."""
+that stage `reference` (real images scored by the judge and the audit) does not depend on the VAE's code."""
 from __future__ import annotations
 
 import torch

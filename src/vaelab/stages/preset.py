@@ -5,8 +5,8 @@ multi-seed run that measures the seed-to-seed spread), so they are kept out of t
 them. For each seed and beta of the preset this trains a model into presets/NAME/ (the train stage's code:
 checkpoints, MLflow run `NAME/beta=B`), fits its sampler (registry alias `NAME-beta-B`), evaluates it with the
 default pipeline's judge and evaluation (the evaluate stage's code), and finally writes reports/presets/NAME.json,
-the small git-tracked file the report stage reads. Needs the default pipeline's `download` and `judge` outputs
-(`dvc repro judge`).
+the small git-tracked file the report stage reads. Needs the default pipeline's `download`, `judge`, `audit`
+and `features` outputs (`dvc repro judge audit features`).
 """
 from __future__ import annotations
 

@@ -7,10 +7,18 @@ import sys
 from vaelab import layout, speed, storage, timings
 from vaelab.stages import runtime
 
+def listed(stage: str, betas: tuple[float, ...]) -> bool:
+    """Whether a stage time belongs to this run: every stage without an item, and the per-β ones of listed betas
+    only (a removed beta's file stays behind, as its metrics do)."""
+    _, at, tag = stage.partition("@")
+    return not at or float(tag) in betas
+
+
 def main() -> int:
     params = runtime.load("timings")
     runtime.set_threads(params.train.threads)
-    stages = {p.stem: storage.read_json(p)["seconds"] for p in sorted(layout.TIMINGS_DIR.glob("*.json"))}
+    stages = {p.stem: storage.read_json(p)["seconds"] for p in sorted(layout.TIMINGS_DIR.glob("*.json"))
+              if listed(p.stem, params.train.betas)}
     if not stages:
         print(f"timings: no stage times under {layout.TIMINGS_DIR}: run the pipeline (dvc repro)", file=sys.stderr)
         return 1
