@@ -43,8 +43,9 @@ def preset_results() -> list[dict]:
             if preset_results_file(name).is_file()]
 
 
-def choices(params: Params) -> list[str]:
-    """The modelling choices of this run, in words, from params (for the report)."""
+def choices(params: Params, precisions: list[str]) -> list[str]:
+    """The modelling choices of this run, in words, from params and the precision each model trained in (for the
+    report)."""
     m, t = params.model, params.train
     lik = {"logistic": "a per-pixel discretized logistic over the 256 intensity levels (mean and scale per "
                        "pixel and channel), so the reconstruction term is an exact discrete log-likelihood",
@@ -70,7 +71,8 @@ def choices(params: Params) -> list[str]:
         + (f" and {m.decoder_res_blocks} more residual block(s) per resolution" if m.decoder_res_blocks else "") + ".",
         f"Decoder likelihood: {lik}.",
         f"AdamW, learning rate {t.lr:g} with {t.warmup_steps} warm-up steps and cosine decay, batch {t.batch_size}, "
-        f"{t.epochs} epochs, gradient-norm clip {t.grad_clip:g}, bf16 autocast: {t.bf16}.",
+        f"{t.epochs} epochs, gradient-norm clip {t.grad_clip:g}; train.bf16 = {t.bf16} (bf16 autocast where the "
+        f"hardware computes bf16, else float32): trained in {', '.join(sorted(set(precisions)))}.",
         "KL warm-up: " + (f"β ramps up linearly over the first {t.kl_warmup_epochs:g} epochs."
                           if t.kl_warmup_epochs > 0 else "none (β applies from the first step)."),
         "Weights evaluated and saved: " + (f"exponential moving average, decay {t.ema_decay:g}."
@@ -102,7 +104,7 @@ def main() -> int:
             print(f"report: β = {r['beta']:g} lacks figures {missing}: run its figures stage", file=sys.stderr)
             return 1
     setup = {"n_train": rows[0]["n_train"], "n_test": rows[0]["n_test_images"], "epochs": params.train.epochs,
-             "seed": params.seed, "choices": choices(params)}
+             "seed": params.seed, "choices": choices(params, [r.get("precision", "a precision not recorded") for r in rows])}
     kl = [(r["beta"], pd.read_csv(BetaPaths(r["tag"]).kl_per_dim)["kl_nats"].tolist()) for r in rows]
     traversals = plots.side_by_side(
         [imread(BetaPaths(r["tag"]).figures / "traversals.png") for r in rows],
