@@ -25,6 +25,7 @@ def main() -> int:
     bs, bf16, t = params.train.batch_size, params.train.bf16, params.timings
     throughput = speed.throughput(params, bs, t.benchmark_steps, t.benchmark_warmup, bf16)
     profile = speed.profile_step(params, bs, t.profile_steps, bf16)
+    stages["timings"] = runtime.process_seconds()  # this stage's own time, all but the writing below
     summary = timings.summarise(stages, throughput, profile)
     storage.write_json(layout.TIMINGS, summary)
     storage.write_text(layout.PERFORMANCE_DOC, timings.markdown(summary, bs))
