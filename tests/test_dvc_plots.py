@@ -178,6 +178,21 @@ def test_html_template_is_wired_and_self_contained():
     assert versions["vega-embed"].startswith("6.")
 
 
+@pytest.mark.slow
+def test_the_vendoring_script_rebuilds_the_committed_page_byte_for_byte(tmp_path):
+    """scripts/vendor_vega.sh, run for real (npm pack from the registry, integrity checked), writes exactly the
+    committed .dvc/plots/offline.html: the page is what the script says it is, and the script still works."""
+    if shutil.which("npm") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("needs node and npm (Debian's nodejs, npm)")
+        pytest.skip("needs node and npm")
+    out = tmp_path / "offline.html"
+    r = subprocess.run(["bash", str(REPO / "scripts" / "vendor_vega.sh"), str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert out.read_bytes() == (REPO / ".dvc" / "plots" / "offline.html").read_bytes()
+
+
 def test_plots_show_html_has_no_remote_scripts(plots_repo, tmp_path):
     out = tmp_path / "plots"
     _run(["dvc", "plots", "show", "-o", str(out)], plots_repo)
