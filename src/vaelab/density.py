@@ -102,7 +102,7 @@ def load_fitted(path: str | Path, model_md5: str, settings: Mapping[str, Any] | 
     differs."""
     state, saved = load_state(path)
     expected = {"model_md5": model_md5, **(settings or {})}
-    if {k: saved.get(k) for k in expected} != expected:
-        differ = sorted(k for k in expected if saved.get(k) != expected[k])
+    differ = sorted(k for k in expected if saved.get(k) != expected[k])
+    if differ:
         raise StaleSamplerError(f"{path} was fitted with {saved}, not with {expected} (differs in {', '.join(differ)})")
     return GaussianMixture(**state)

@@ -6,7 +6,10 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from vaelab.precision import autocast
 
 N_DIMS = 3 * 32 * 32
 HALF_BIN = 1.0 / 255.0  # half the width of one of 256 intensity bins on the [-1, 1] scale
@@ -122,6 +125,17 @@ def mmd_imq(z: torch.Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.
 
 
 Activations = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+def feature_activations(net: nn.Module, device: torch.device, bf16: bool) -> Activations:
+    """A frozen feature network (its `activations`: images in [0, 1] -> three layers) as the perceptual term reads
+    it: images in [-1, 1] -> its three layers' activations (float32), under bf16 autocast where that runs."""
+
+    def activations(x: torch.Tensor) -> list[torch.Tensor]:
+        with autocast(device, bf16):
+            return [a.float() for a in net.activations((x + 1.0) / 2.0)]
+
+    return activations
 
 
 def perceptual_distance(x: torch.Tensor, y: torch.Tensor, activations: Activations) -> torch.Tensor:

@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 
 from vaelab.data import to_unit
-from vaelab.loss import Activations, vae_loss
-from vaelab.model import VAE
+from vaelab.loss import Activations, feature_activations, vae_loss
+from vaelab.model import VAE, reparameterize
 from vaelab.network import build
 from vaelab.params import Params
 from vaelab.precision import autocast
@@ -25,13 +25,7 @@ def setup(params: Params, batch_size: int, bf16: bool) -> tuple[VAE, torch.optim
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.train.lr)
     x_u8 = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
     features = build(params.features).eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    device = torch.device("cpu")
-
-    def activations(x: torch.Tensor) -> list[torch.Tensor]:
-        with autocast(device, bf16):
-            return [a.float() for a in features.activations((x + 1) / 2)]
-
-    return model, opt, x_u8, activations
+    return model, opt, x_u8, feature_activations(features, torch.device("cpu"), bf16)
 
 
 def train_step(params: Params, model: VAE, opt: torch.optim.Optimizer, x_u8: torch.Tensor, activations: Activations,
@@ -82,7 +76,7 @@ def profile_step(params: Params, batch_size: int, steps: int, bf16: bool) -> dic
         x = clock("data", lambda: to_unit(x_u8).contiguous(memory_format=torch.channels_last))
         with autocast(device, bf16):
             mu, logvar = clock("encoder forward", lambda: model.encoder(x))
-            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            z = reparameterize(mu, logvar)
             dec = clock("decoder forward", lambda: model.decoder(z))
         out = {"mu": mu, "logvar": logvar, "z": z, "params": dec}
         clock("feature net forward on x", lambda: [a.detach() for a in activations(x)])

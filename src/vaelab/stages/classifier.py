@@ -13,7 +13,7 @@ import pandas as pd
 from vaelab import data, layout, storage, tracking
 from vaelab.classifier import accuracy, predict, train_classifier
 from vaelab.precision import count_parameters, precision_name
-from vaelab.params import ParamsError, flatten, load_params, to_dict
+from vaelab.params import flatten, to_dict
 from vaelab.stages import runtime
 
 PURPOSE = {
@@ -27,11 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--role", required=True, choices=list(layout.CLASSIFIERS))
     role = parser.parse_args(argv).role
-    try:
-        params = load_params(layout.PARAMS_FILE)
-    except ParamsError as e:
-        print(f"{role}: {e}", file=sys.stderr)
-        return 2
+    params = runtime.load(role)
     runtime.set_threads(params.train.threads)
     device = runtime.device()
     cfg, paths = getattr(params, role), layout.CLASSIFIERS[role]

@@ -21,9 +21,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from vaelab import data, layout, network, storage, tracking
-from vaelab.loss import Activations
+from vaelab.loss import feature_activations
 from vaelab.model import VAE
-from vaelab.precision import autocast, count_parameters, precision_name
+from vaelab.precision import count_parameters, precision_name
 from vaelab.params import flatten, to_dict
 from vaelab.stages import runtime
 from vaelab.train import NonFiniteLossError, train
@@ -38,18 +38,6 @@ def resolved_config(params, beta: float) -> dict:
     if params.train.perceptual_weight > 0:
         config["features_md5"] = storage.weights_md5(layout.FEATURES.model)
     return config
-
-
-def feature_activations(device: torch.device, bf16: bool) -> Activations:
-    """The frozen feature network (stage `features`) as the perceptual term reads it: images in [-1, 1] ->
-    its three layers' activations (float32)."""
-    net, _ = network.load(layout.FEATURES.model, device)
-
-    def activations(x: torch.Tensor) -> list[torch.Tensor]:
-        with autocast(device, bf16):
-            return [a.float() for a in net.activations((x + 1.0) / 2.0)]
-
-    return activations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,8 +176,9 @@ def _run(params, beta: float, paths: layout.BetaPaths, preset: str, device: torc
             if master_process:
                 run_id = open_run(active, run_id, ckpt, paths.checkpoint, rows, uri, log_row, config, n_train,
                                   len(ds.test_x), core)
-            perceptual = (feature_activations(device, params.train.bf16) if params.train.perceptual_weight > 0
-                          else None)
+            # The frozen feature network (stage `features`) of the perceptual term, when it is on.
+            perceptual = (feature_activations(network.load(layout.FEATURES.model, device)[0], device,
+                                              params.train.bf16) if params.train.perceptual_weight > 0 else None)
             history = train(model, ds.train_x, ds.test_x, beta, params.train, params.seed, device, rank=rank,
                             world_size=world_size, on_epoch=on_epoch, progress=master_process,
                             resume=ckpt["state"] if ckpt else None, perceptual=perceptual)
