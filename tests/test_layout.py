@@ -87,6 +87,35 @@ def test_dvc_yaml_writes_where_the_layout_says_for_every_beta(tmp_path, betas):
     assert timed == set(stages) - {"timings"}
 
 
+def test_the_sweep_and_the_control_study_write_where_the_layout_says(tmp_path):
+    root = copy_with_betas(tmp_path, [1, 5])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sweep"]["betas"], params["control"]["betas"], params["control"]["seeds"] = [0.5, 64], [1, 2.5], [0, 3]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    stages = resolved_stages(root)
+    for tag in ("0.5", "64"):
+        p = layout.SweepPaths(tag)
+        assert stages[f"sweep@{tag}"]["outs"] == s(p.model_dir, p.history, layout.timing_file(f"sweep@{tag}"))
+        assert stages[f"sweep_eval@{tag}"]["outs"] == s(p.point, p.kl_per_dim, layout.timing_file(f"sweep_eval@{tag}"))
+        assert s(p.model_dir) <= stages[f"sweep_eval@{tag}"]["deps"]
+        assert p.model.parent == p.model_dir and p.point.parent.parent == Path("metrics/sweep")
+        # Adding a beta to the list must not retrain the others.
+        assert not any(q.startswith("sweep.betas") or q == "sweep" for q in stages[f"sweep@{tag}"]["params"])
+    assert stages["sweep_report"]["outs"] == s(layout.SWEEP_METRICS, layout.SWEEP_POINTS, layout.SWEEP_FIGURES,
+                                               layout.timing_file("sweep_report"))
+    assert s("models/sweep", "metrics/sweep") <= stages["sweep_report"]["deps"]
+    for tag in ("1", "2.5"):
+        for seed in (0, 3):
+            p = layout.ControlPaths(tag, seed)
+            assert stages[p.stage]["outs"] == s(p.model_dir, p.history, layout.timing_file(p.stage))
+            assert not any(q in ("control", "control.betas", "control.seeds") for q in stages[p.stage]["params"])
+    assert stages["control_eval"]["outs"] == s(layout.CONTROL_METRICS, layout.CONTROL_POINTS,
+                                               layout.CONTROL_FIGURES, layout.timing_file("control_eval"))
+    assert str(layout.CONTROL_MODELS) in stages["control_eval"]["deps"]
+    assert s(layout.SWEEP_METRICS, layout.SWEEP_FIGURES, layout.CONTROL_METRICS,
+             layout.CONTROL_FIGURES) <= stages["report"]["deps"]
+
+
 def test_the_layout_is_torch_free():
     code = "import sys, vaelab.layout; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
@@ -103,7 +132,10 @@ def test_each_architecture_is_a_dependency_of_its_users_only(tmp_path):
     stages = resolved_stages(copy_with_betas(tmp_path, [1, 5]))
     per_beta = lambda name: {f"{name}@1", f"{name}@5"}  # noqa: E731
     assert stages_depending_on(stages, "src/vaelab/resnet.py") == {"audit", "reference"} | per_beta("evaluate")
-    assert stages_depending_on(stages, "src/vaelab/airbench.py") == {"judge", "reference"} | per_beta("evaluate")
+    # The judge also measures every point of the β sweep.
+    sweep_evals = {f"sweep_eval@{b:g}" for b in yaml.safe_load((REPO / "params.yaml").read_text())["sweep"]["betas"]}
+    assert stages_depending_on(stages, "src/vaelab/airbench.py") == ({"judge", "reference"} | per_beta("evaluate")
+                                                                     | sweep_evals)
     assert stages_depending_on(stages, "src/vaelab/vgg.py") == {"features", "timings"} | per_beta("train")
     # The shared parts of the three networks are the classifiers' own, the VAE's feature network's and the scorers'.
     assert "src/vaelab/classifier.py" not in set().union(*(stages[f"train@{b}"]["deps"] for b in (1, 5)))
@@ -122,7 +154,8 @@ def test_evaluation_settings_retrain_no_classifier(tmp_path):
 def test_only_train_loads_the_feature_network_and_only_the_scoring_stages_load_the_scorers(tmp_path):
     stages = resolved_stages(copy_with_betas(tmp_path, [1, 5]))
     assert stages_depending_on(stages, "models/features") == {"train@1", "train@5"}
-    for role in ("judge", "audit"):
-        assert stages_depending_on(stages, f"models/{role}") == {"reference", "evaluate@1", "evaluate@5"}
+    sweep_evals = {f"sweep_eval@{b:g}" for b in yaml.safe_load((REPO / "params.yaml").read_text())["sweep"]["betas"]}
+    assert stages_depending_on(stages, "models/judge") == {"reference", "evaluate@1", "evaluate@5"} | sweep_evals
+    assert stages_depending_on(stages, "models/audit") == {"reference", "evaluate@1", "evaluate@5"}
     for role in CLASSIFIERS:  # the classifiers train on data alone
         assert not [d for d in stages[role]["deps"] if d.startswith("models/")], role

@@ -129,6 +129,23 @@ def test_dvc_repro_end_to_end(small_repo):
                     "(comparison/traversals.png)", "| β = 5: z ~ N(0, I) decoded |", "| β = 1: ex-post sampler |",
                     "figures/beta_5/sampler_samples.png)", "| rotation, β = 1 |"):
         assert section in md, section
+    # The β sweep and the control study: one point per beta (and seed), every interval holding its estimate.
+    sweep = json.loads((repo / "metrics" / "sweep.json").read_text())
+    assert [p["beta"] for p in sweep["points"]] == [1, 64]
+    for p in sweep["points"]:
+        for key in ("rate_nats", "distortion_fixed_sigma_nats", "test_psnr", "recon_fcd", "sampler_fcd",
+                    "active_units_0p01", "effective_units", "units_90", "total_correlation", "traversal_change"):
+            assert p[f"{key}_lo"] <= p[key] + 1e-9 <= p[f"{key}_hi"] + 2e-9, key
+    control = json.loads((repo / "metrics" / "control.json").read_text())
+    assert {(p["beta"], p["seed"]) for p in control["points"]} == {(1, 0), (8, 0)}
+    assert all(0 <= p["mig"] <= 1 and 0 <= p["dci_completeness"] <= 1 for p in control["points"])
+    for folder, names in (("sweep", ("rate_distortion", "metrics_vs_beta", "kl_spectrum", "traversals")),
+                          ("control", ("scores", "traversal_beta_1", "traversal_beta_8", "examples"))):
+        for name in names:
+            assert (repo / "reports" / folder / f"{name}.png").is_file(), (folder, name)
+    for section in ("## The β sweep", "## The control set: β against known factors", "(sweep/rate_distortion.png)",
+                    "(control/scores.png)"):
+        assert section in md, section
     # Evaluation writes metrics only: the sampler stage owns the sampler file.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert all(o["path"].startswith(("metrics/betas/beta_1/", "metrics/timings/")) for o in lock["evaluate@1"]["outs"])
@@ -136,8 +153,16 @@ def test_dvc_repro_end_to_end(small_repo):
 
     # MLflow: one finished run per beta, tagged, with per-epoch and final metrics.
     uri = f"sqlite:///{repo / 'mlflow.db'}"
-    runs = {r["name"]: r for r in tracking.find_runs(uri, "cifar10-beta-vae")}
+    every = tracking.find_runs(uri, "cifar10-beta-vae")
+    runs = {r["name"]: r for r in every if "mlflow.parentRunId" not in r["tags"] and "vaelab_group" not in r["tags"]}
     assert set(runs) == {"beta=1", "beta=5"}
+    # The sweep's and the control study's runs nest under one parent run each.
+    parents = {r["tags"]["vaelab_group"]: r["run_id"] for r in every if "vaelab_group" in r["tags"]}
+    assert set(parents) == {"beta-sweep", "control-study"}
+    children = {r["name"]: r["tags"]["mlflow.parentRunId"] for r in every if "mlflow.parentRunId" in r["tags"]}
+    assert children == {"sweep/beta=1": parents["beta-sweep"], "sweep/beta=64": parents["beta-sweep"],
+                        "control/beta=1/seed=0": parents["control-study"],
+                        "control/beta=8/seed=0": parents["control-study"]}
     for name, r in runs.items():
         assert r["status"] == "FINISHED"
         assert r["tags"]["dvc_stage"] == f"train@{name.split('=')[1]}"

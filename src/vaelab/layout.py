@@ -147,6 +147,83 @@ class BetaPaths:
         return self.root / "reports" / "figures" / f"beta_{self.tag}"
 
 
+# The β sweep: one model per swept beta, its measurements, and what sweep_report makes of all of them.
+SWEEP_METRICS = Path("metrics") / "sweep.json"
+SWEEP_POINTS = Path("metrics") / "sweep_points.csv"  # one row per beta: DVC's plots of the metrics against beta
+SWEEP_FIGURES = Path("reports") / "sweep"
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    """Files of one point of the β sweep (tag = the foreach item as DVC prints it)."""
+
+    tag: str
+
+    @property
+    def model_dir(self) -> Path:
+        return Path("models") / "sweep" / f"beta_{self.tag}"
+
+    @property
+    def model(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def run_file(self) -> Path:
+        return self.model_dir / "mlflow_run.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path("metrics") / "sweep" / f"beta_{self.tag}"
+
+    @property
+    def history(self) -> Path:
+        return self.metrics_dir / "history.csv"
+
+    @property
+    def point(self) -> Path:
+        return self.metrics_dir / "point.json"
+
+    @property
+    def kl_per_dim(self) -> Path:
+        return self.metrics_dir / "kl_per_dim.csv"
+
+
+# The control study on the rendered dataset of known factors: one model per (beta, seed), and what control_eval
+# writes from all of them.
+CONTROL_MODELS = Path("models") / "control"
+CONTROL_METRICS = Path("metrics") / "control.json"
+CONTROL_POINTS = Path("metrics") / "control_points.csv"  # one row per (beta, seed): DVC's plot of MIG against beta
+CONTROL_FIGURES = Path("reports") / "control"
+
+
+@dataclass(frozen=True)
+class ControlPaths:
+    """Files of one control model, stage control@<beta>-<seed> (tag = the matrix's beta as DVC prints it)."""
+
+    tag: str
+    seed: int
+
+    @property
+    def stage(self) -> str:
+        return f"control@{self.tag}-{self.seed}"
+
+    @property
+    def model_dir(self) -> Path:
+        return CONTROL_MODELS / f"beta_{self.tag}_seed_{self.seed}"
+
+    @property
+    def model(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def run_file(self) -> Path:
+        return self.model_dir / "mlflow_run.json"
+
+    @property
+    def history(self) -> Path:
+        return Path("metrics") / "control" / f"beta_{self.tag}_seed_{self.seed}.csv"
+
+
 def find_beta(beta: str, root: Path = Path(".")) -> BetaPaths:
     """The paths of a trained beta, for a beta as a user types it: the tag as typed, else as DVC prints it ('5'
     for 5.0, '0.5'); raises FileNotFoundError naming the trained betas when there is no model."""

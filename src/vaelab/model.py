@@ -2,6 +2,7 @@
 prior p(z): N(0, I) itself or N(0, I) pushed through a learned normalizing flow."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +167,12 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg)
         # Learned log-sigma of the Gaussian decoder (sigma-VAE style): one, or one per RGB channel (3, 1, 1)
         # broadcasting over the image; unused by the logistic decoder and by per-pixel sigmas, which the decoder
-        # predicts.
+        # predicts. A fixed sigma fixes the weight of the reconstruction against beta * KL (a learned one shrinks
+        # to the error, so beta's effect depends on how well the decoder does; on noise-free data it goes to 0).
         shape = (3, 1, 1) if cfg.sigma == "channel" else (1,)
-        self.log_sigma = nn.Parameter(torch.full(shape, -2.0),
-                                      requires_grad=cfg.likelihood == "gaussian" and cfg.sigma != "pixel")
+        start = math.log(cfg.fixed_sigma) if cfg.sigma == "fixed" else -2.0
+        self.log_sigma = nn.Parameter(torch.full(shape, start),
+                                      requires_grad=cfg.likelihood == "gaussian" and cfg.sigma in ("global", "channel"))
         # None: the prior is N(0, I) and the KL has its closed form.
         self.prior = FlowPrior(cfg.latent_dim, cfg.prior_flows, cfg.prior_hidden) if cfg.prior_flows else None
 

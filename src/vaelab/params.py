@@ -51,6 +51,8 @@ class ModelConfig:
     decoder_res_blocks: int = 0  # residual blocks per resolution added in the decoder only (after res_blocks)
     decoder_widths: tuple[int, ...] = ()  # decoder widths at 16x16, 8x8 and 4x4; () = the encoder's widths
     sigma: str = "global"  # Gaussian decoder's sigma: global (one learned) | channel (one per RGB) | pixel (predicted)
+    #                        | fixed (fixed_sigma, not learned)
+    fixed_sigma: float = 0.1  # the decoder's sigma on the [-1, 1] pixel scale when sigma = fixed
 
     def __post_init__(self) -> None:
         _check(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
@@ -67,13 +69,15 @@ class ModelConfig:
         _check(self.sigma in SIGMAS, "model.sigma", f"must be one of {SIGMAS}, got {self.sigma!r}")
         _check(self.sigma == "global" or self.likelihood == "gaussian", "model.sigma",
                "applies to the gaussian likelihood only (the logistic one predicts a scale per pixel)")
+        _check(math.isfinite(self.fixed_sigma) and self.fixed_sigma > 0, "model.fixed_sigma",
+               f"must be a number > 0, got {self.fixed_sigma}")
         _check(self.prior_flows == 0 or self.latent_dim >= 2, "model.prior_flows",
                "a flow prior needs model.latent_dim >= 2 (each coupling splits z in two)")
 
 
 LIKELIHOODS = ("logistic", "gaussian")
 UPSAMPLES = ("transposed", "nearest")
-SIGMAS = ("global", "channel", "pixel")
+SIGMAS = ("global", "channel", "pixel", "fixed")
 ARCHITECTURES = ("airbench", "resnet", "vgg")  # classifier modules (vaelab.network.ARCHITECTURE_MODULES)
 
 
@@ -250,6 +254,101 @@ class TimingsConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """The β sweep (stages sweep@<beta>, sweep_eval@<beta>, sweep_report): the `model` section's VAE trained from
+    scratch per beta at this cheap recipe (no perceptual term), measured on `eval_images` test images."""
+
+    betas: tuple[float, ...] = (0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0)
+    subset: int = 10000  # training images (a seeded draw, as data.subset); 0 = all
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    bf16: bool = True
+    eval_images: int = 2000  # test images measured per point; as many samples from its sampler are judged
+    fixed_sigma: float = 0.1  # the decoder sigma ([-1, 1] scale) of the distortion that compares across points
+    traversal_dims: int = 8  # highest-KL dimensions whose traversal's pixel change is measured
+    traversal_span: float = 2.5  # +- prior standard deviations
+
+    def __post_init__(self) -> None:
+        _check(len(self.betas) >= 1 and all(math.isfinite(b) and b > 0 for b in self.betas), "sweep.betas",
+               f"must list betas > 0, got {list(self.betas)}")
+        _check(len(set(self.betas)) == len(self.betas), "sweep.betas", f"has duplicates: {list(self.betas)}")
+        _check(self.subset >= 0, "sweep.subset", f"must be >= 0, got {self.subset}")
+        _check(self.eval_images >= 2, "sweep.eval_images", "must be >= 2")
+        _check(math.isfinite(self.fixed_sigma) and self.fixed_sigma > 0, "sweep.fixed_sigma", "must be > 0")
+        _check(self.traversal_dims >= 1, "sweep.traversal_dims", "must be >= 1")
+        _check(self.traversal_span > 0, "sweep.traversal_span", "must be > 0")
+        try:
+            self.train_config()
+        except ParamsError as e:
+            raise ParamsError(str(e).replace("'train.", "'sweep.")) from None
+
+    def train_config(self) -> TrainConfig:
+        """The sweep's training recipe: the plain β-VAE (no perceptual term, no EMA), one process."""
+        return TrainConfig(betas=self.betas, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           warmup_steps=self.warmup_steps, bf16=self.bf16)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The control study (stages control@<beta>-<seed>, control_eval): VAEs on the rendered dataset of known
+    factors (vaelab.control), one per beta and seed, scored by MIG and DCI against the true factors."""
+
+    betas: tuple[float, ...] = (1.0, 4.0, 16.0)  # one model per beta and seed: control@<beta>-<seed>
+    seeds: tuple[int, ...] = (0, 1, 2)
+    test_fraction: float = 0.1  # images held out of training (their loss is the test curve); all are scored
+    subset: int = 0  # training images to use (a seeded draw), 0 = all
+    latent_dim: int = 10
+    widths: tuple[int, ...] = (32, 32, 64)
+    fixed_sigma: float = 0.2  # the Gaussian decoder's fixed sigma ([-1, 1] scale): a learned one -> 0 on clean data
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    bf16: bool = True
+    score_images: int = 10000  # images (a seeded draw of the factorial) whose codes MIG is computed on
+    mig_bins: int = 20  # equal-width bins per code dimension (disentanglement_lib's MIG)
+    dci_train: int = 2000  # of those images, this many fit DCI's boosted trees ...
+    dci_test: int = 1000  # ... and this many score their accuracy (informativeness)
+    traversal_steps: int = 9
+    traversal_range: float = 2.5  # +- this many prior standard deviations
+
+    def __post_init__(self) -> None:
+        _check(len(self.betas) >= 1 and all(math.isfinite(b) and b > 0 for b in self.betas), "control.betas",
+               f"must list betas > 0, got {list(self.betas)}")
+        _check(len(set(self.betas)) == len(self.betas), "control.betas", f"has duplicates: {list(self.betas)}")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+               and all(0 <= s < 2**31 for s in self.seeds), "control.seeds",
+               f"must list distinct seeds in [0, 2**31), got {list(self.seeds)}")
+        _check(0 < self.test_fraction < 1, "control.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _check(self.subset >= 0, "control.subset", f"must be >= 0, got {self.subset}")
+        _check(self.latent_dim >= 2, "control.latent_dim", "must be >= 2 (MIG compares two codes)")
+        _check(self.score_images >= self.dci_train + self.dci_test, "control.score_images",
+               "must be at least control.dci_train + control.dci_test")
+        for key in ("epochs", "batch_size", "mig_bins", "dci_train", "dci_test", "traversal_steps"):
+            _check(getattr(self, key) >= 2 or (key == "epochs" and self.epochs >= 1), f"control.{key}",
+                   f"must be >= {1 if key == 'epochs' else 2}, got {getattr(self, key)}")
+        _check(self.traversal_range > 0, "control.traversal_range", "must be > 0")
+        _check(self.warmup_steps >= 0, "control.warmup_steps", "must be >= 0")
+        # The same checks as the main VAE's, naming control's keys.
+        try:
+            self.model_config(), self.train_config()
+        except ParamsError as e:
+            raise ParamsError(str(e).replace("'model.", "'control.").replace("'train.", "'control.")) from None
+
+    def model_config(self) -> ModelConfig:
+        """The VAE of the control study: no residual blocks, a Gaussian decoder with fixed sigma."""
+        return ModelConfig(latent_dim=self.latent_dim, widths=self.widths, res_blocks=0, likelihood="gaussian",
+                           sigma="fixed", fixed_sigma=self.fixed_sigma)
+
+    def train_config(self) -> TrainConfig:
+        """Its training recipe (no perceptual term, no EMA, one process)."""
+        return TrainConfig(betas=self.betas, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           warmup_steps=self.warmup_steps, bf16=self.bf16)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow experiment; an empty uri means sqlite:///<repo>/mlflow.db (MLFLOW_TRACKING_URI overrides)."""
 
@@ -280,6 +379,8 @@ class Params:
     features: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(arch="vgg", seed=2))
     figures: FiguresConfig = field(default_factory=FiguresConfig)
     timings: TimingsConfig = field(default_factory=TimingsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:

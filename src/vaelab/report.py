@@ -144,22 +144,66 @@ def ablation_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mappin
     return lines
 
 
+def sweep_section(sweep: Mapping[str, Any] | None, figures: str) -> list[str]:
+    """The β sweep: its table and figures (`figures` is reports/sweep relative to the report)."""
+    if sweep is None:
+        return []
+    r = sweep["recipe"]
+    return [
+        "## The β sweep", "",
+        f"The same VAE (the `model` section) trained from scratch per β with one seed at a cheap recipe of its own "
+        f"(params `sweep`: {r['subset'] or 50000} training images, {r['epochs']} epochs, no perceptual term; stages "
+        f"`sweep@<β>`), each measured on the same test images with 95% bootstrap intervals "
+        f"({_doc("the-beta-sweep", "definitions")}). β·2σ̂² is the KL's weight against the squared error (per pixel, "
+        "[−1, 1] scale) under the learned decoder σ̂: the β of this likelihood in comparable units. Stars on the "
+        "figures are the full-recipe models of `train.betas`.", "",
+        tables.sweep_table(sweep["points"]), "",
+        f"![Rate–distortion plane of the sweep]({figures}/rate_distortion.png)", "",
+        f"![Every metric against β]({figures}/metrics_vs_beta.png)", "",
+        f"![KL spectrum per β]({figures}/kl_spectrum.png)", "",
+        f"![Traversals at a low, the assignment's and a high β]({figures}/traversals.png)", ""]
+
+
+def control_section(study: Mapping[str, Any] | None, figures: str) -> list[str]:
+    """The control study: scores against the known factors per beta, the verdict, and its figures (`figures` is
+    reports/control relative to the report)."""
+    if study is None:
+        return []
+    best = f"{study['best_beta']:g}"
+    return [
+        "## The control set: β against known factors", "",
+        f"The same VAE code trained on {study['n_images']:,} rendered images of one object whose six factors are known "
+        f"({', '.join(study['factors'])}), one model per β and seed (stages `control@<β>-<seed>`), scored on "
+        f"{study['n_scored']:,} of them by MIG and DCI ({_doc('the-control-set', 'definitions')}). Mean over seeds "
+        "[95% Student-t interval over the seeds].", "",
+        tables.control_table(study["by_beta"]), "", claims.control_verdict(study), "",
+        f"![Scores against β]({figures}/scores.png)", "",
+        f"![Traversals at β = {best}, rows labelled by the factor each code informs most]"
+        f"({figures}/traversal_beta_{best}.png)", ""]
+
+
 def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any],
            reference: Mapping[str, Any], comparison: Mapping[str, str],
            presets: Sequence[Mapping[str, Any]] = (), judge_md5: str = "",
            recipe: Mapping[str, Mapping[str, Any]] | None = None,
-           audit_reference: Mapping[str, Any] | None = None) -> str:
+           audit_reference: Mapping[str, Any] | None = None, control: Mapping[str, Any] | None = None,
+           control_figures: str = "control", sweep: Mapping[str, Any] | None = None,
+           sweep_figures: str = "sweep") -> str:
     """The whole report as markdown. `figures` maps a beta tag to its figures folder relative to the report,
     `comparison` a cross-beta figure stem to its path; `setup` describes the run (epochs, data size, model
     choices); `reference` holds the judge's metrics and the real-image reference row; `presets` the results
     of the presets that were run (ablation steps, the multi-seed spread), `judge_md5` this run's judge and
-    `recipe` this run's model and train params (plain dicts), `audit_reference` the audit network's metrics."""
+    `recipe` this run's model and train params (plain dicts), `audit_reference` the audit network's metrics,
+    `control` the control study's summary (metrics/control.json) and `control_figures` its figures folder,
+    `sweep` the β sweep's (metrics/sweep.json) and `sweep_figures` its folder. With a sweep, the summary is the
+    analysis of β (claims.beta_analysis), else the comparison of the listed betas."""
     rows = sorted(rows, key=lambda r: r["beta"])
     spread_preset, spread = claims.seed_spread(presets)
     lines = [
         *_header(rows, setup, reference),
         *_samples(rows, figures, reference),
-        "## Summary", "", claims.summary(rows, spread), "",
+        "## Summary", "", (claims.beta_analysis(rows, sweep, control, spread) if sweep is not None
+                           else claims.summary(rows, spread)), "",
         "## Traversals", "",
         "Each row moves one latent dimension from −3 to +3 prior standard deviations around the code of the same "
         "test image; the rows are the dimensions with the highest KL against the prior.", "",
@@ -167,6 +211,8 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         *_likelihood(rows),
         *_quality(rows, reference, audit_reference),
         *_organisation(rows),
+        *sweep_section(sweep, sweep_figures),
+        *control_section(control, control_figures),
         *_spread(spread_preset),
         "## Ablation", "", *ablation_section(rows, presets, judge_md5, recipe),
         "## Rate–distortion plane and KL per dimension", "",

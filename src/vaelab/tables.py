@@ -235,3 +235,39 @@ def agreement_table(presets: Sequence[Mapping[str, Any]]) -> str:
         changed = ", ".join(recipe_changes(c.preset, c.reference)) or "no model or train key"
         lines.append(f"| `{c.preset['preset']}` | `{c.reference['preset']}` ({changed}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+CONTROL_COLUMNS = (
+    ("mig", "MIG", "{:.3f}"),
+    ("dci_disentanglement", "DCI disentanglement", "{:.3f}"),
+    ("dci_completeness", "DCI completeness", "{:.3f}"),
+    ("dci_informativeness", "DCI informativeness", "{:.3f}"),
+    ("rate_nats", "rate (nats)", "{:.1f}"),
+    ("active_units", "active units", "{:.1f}"),
+)
+
+
+def control_table(by_beta: Sequence[Mapping[str, Any]]) -> str:
+    """The control study per beta: each score's mean over seeds [95% Student-t interval over the seeds]."""
+    rows = _by_beta(by_beta)
+    return table(rows, CONTROL_COLUMNS, ("β (seeds)", [f"{r['beta']:g} ({len(r['seeds'])})" for r in rows]))
+
+
+SWEEP_COLUMNS = (
+    ("rate_nats", "rate (nats)", "{:.1f}"),
+    ("distortion_fixed_sigma_nats", "distortion, fixed σ (nats)", "{:.0f}"),
+    ("test_psnr", "PSNR (dB)", "{:.2f}"),
+    ("recon_fcd", "recon FCD", "{:.1f}"),
+    ("sampler_fcd", "sampler FCD", "{:.1f}"),
+    ("active_units_0p01", "active (0.01)", "{:d}"),
+    ("effective_units", "effective units", "{:.1f}"),
+    ("units_90", "units for 90% KL", "{:d}"),
+    ("total_correlation", "Gaussian TC (nats)", "{:.1f}"),
+    ("traversal_change", "traversal Δ pixel", "{:.4f}"),
+)
+
+
+def sweep_table(points: Sequence[Mapping[str, Any]]) -> str:
+    """One row per swept beta: the sweep's measurements with their 95% intervals, and β·2σ̂²."""
+    rows = _by_beta(points)
+    return table(rows, SWEEP_COLUMNS, ("β (β·2σ̂²)", [f"{r['beta']:g} ({r['beta_2sigma2']:.2g})" for r in rows]))

@@ -16,6 +16,11 @@ import mlflow
 import numpy as np
 import torch
 
+# The parent run under which the control study's runs (control@<beta>-<seed>) nest.
+CONTROL_STUDY = "control-study"
+# The parent run of the β sweep's runs (sweep@<beta>).
+SWEEP = "beta-sweep"
+
 
 def resolve_uri(configured: str, repo_root: Path) -> str:
     """Tracking URI: $MLFLOW_TRACKING_URI, else params' tracking.uri, else sqlite:///<repo_root>/mlflow.db."""
@@ -95,6 +100,22 @@ def run(uri: str, experiment: str, run_name: str, run_id: str | None = None,
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, description=description,
                           tags=dict(tags or {})) as active:
         yield active.info.run_id
+
+
+def parent_run(uri: str, experiment: str, group: str, description: str) -> str:
+    """The id of the one parent run of a group of runs (a sweep, the control study), made on first use: the runs
+    of the group name it in their tag mlflow.parentRunId, so the MLflow UI nests them under it."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.vaelab_group = '{group}'", max_results=1,
+                               order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(exp_id, run_name=group, tags={"vaelab_group": group,
+                                                              "mlflow.note.content": description})
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
 
 
 def run_exists(run_id: str) -> bool:

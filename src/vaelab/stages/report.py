@@ -12,8 +12,9 @@ import pandas as pd
 from vaelab import plots, report, storage, webpage
 from vaelab.params import ParamsError, Params, load_params, to_dict
 from vaelab.presets import load_presets
-from vaelab.layout import (AUDIT, BETA_METRICS, COMPARISON, CURVES, JUDGE, PARAMS_FILE, REFERENCE, REPORT,
-                           REPORT_HTML, BetaPaths, preset_results_file)
+from vaelab.layout import (AUDIT, BETA_METRICS, COMPARISON, CONTROL_FIGURES, CONTROL_METRICS, CURVES, JUDGE,
+                           PARAMS_FILE, REFERENCE, REPORT, REPORT_HTML, SWEEP_FIGURES, SWEEP_METRICS, BetaPaths,
+                           preset_results_file)
 from vaelab.stages import runtime
 
 def collect(params: Params) -> list[dict]:
@@ -121,7 +122,11 @@ def main() -> int:
     storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
     judge_md5 = storage.weights_md5(JUDGE.model)
     recipe = {"model": to_dict(params.model), "train": to_dict(params.train)}
-    md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe, audit_reference)
+    study = storage.read_json(CONTROL_METRICS) if CONTROL_METRICS.is_file() else None
+    sweep = storage.read_json(SWEEP_METRICS) if SWEEP_METRICS.is_file() else None
+    md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe, audit_reference, study,
+                       os.path.relpath(CONTROL_FIGURES, REPORT.parent), sweep,
+                       os.path.relpath(SWEEP_FIGURES, REPORT.parent))
     html = webpage.to_html(md, lambda link: (REPORT.parent / link).read_bytes())
     storage.write_text(REPORT, md)
     storage.write_text(REPORT_HTML, html)

@@ -45,18 +45,23 @@ def load(name: str) -> Params:
         raise SystemExit(2) from None
 
 
+def listed_beta(text: str, listed: tuple[float, ...], key: str) -> float:
+    """The beta of a `--beta` argument, checked to be listed in params.yaml's `key`; ParamsError otherwise."""
+    try:
+        beta = float(text)
+    except ValueError:
+        raise ParamsError(f"--beta must be a number, got {text!r}") from None
+    if not math.isfinite(beta) or beta not in listed:
+        raise ParamsError(f"--beta {text} is not listed in params.yaml {key} {list(listed)}")
+    return beta
+
+
 def beta_arg(argv: list[str] | None, params: Params, description: str) -> tuple[float, BetaPaths]:
     """Parse `--beta B` (the foreach item), check it is listed in train.betas, return it and its paths."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--beta", required=True, help="a value listed in params.yaml train.betas")
     args = parser.parse_args(argv)
-    try:
-        beta = float(args.beta)
-    except ValueError:
-        raise ParamsError(f"--beta must be a number, got {args.beta!r}") from None
-    if not math.isfinite(beta) or beta not in params.train.betas:
-        raise ParamsError(f"--beta {args.beta} is not listed in params.yaml train.betas {list(params.train.betas)}")
-    return beta, BetaPaths(args.beta)
+    return listed_beta(args.beta, params.train.betas, "train.betas"), BetaPaths(args.beta)
 
 
 def beta_stage(name: str, argv: list[str] | None, description: str) -> tuple[Params, float, BetaPaths]:

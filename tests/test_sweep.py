@@ -1,0 +1,76 @@
+"""The β sweep's own measurements on known answers, and the analysis the report writes from a sweep."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaelab import claims, sweep
+from vaelab.model import VAE
+from vaelab.params import ModelConfig, Params, ParamsError, from_dict
+
+
+def test_effective_units_and_the_units_holding_90_percent():
+    assert sweep.effective_units(torch.tensor([5.0, 0.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert sweep.effective_units(torch.ones(8)) == pytest.approx(8.0)
+    # Two equal halves of the rate: exp(ln 2) = 2 units.
+    assert sweep.effective_units(torch.tensor([3.0, 3.0, 0.0])) == pytest.approx(2.0)
+    assert sweep.units_for_mass(torch.tensor([0.5, 9.0, 0.5]), 0.9) == 1
+    assert sweep.units_for_mass(torch.ones(10), 0.9) == 9
+    assert sweep.units_for_mass(torch.tensor([1.0, 1.0, 8.0]), 0.9) == 2
+    per_image = torch.tensor([[1.0, 1.0, 0.0]]).repeat(50, 1)
+    s = sweep.spectrum(per_image, 0.9, reps=20, seed=0)
+    assert s["effective_units"] == pytest.approx(2.0) and s["units_90"] == 2
+    assert s["effective_units_lo"] == pytest.approx(2.0) and s["effective_units_hi"] == pytest.approx(2.0)
+
+
+def test_the_fixed_sigma_distortion_rises_with_a_blur_and_is_lowest_for_the_image_itself():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8)
+    blurred = torch.nn.functional.avg_pool2d(x.float(), 3, 1, 1).round().to(torch.uint8)
+    exact = sweep.fixed_sigma_distortion(x, x, 0.1)
+    blur = sweep.fixed_sigma_distortion(x, blurred, 0.1)
+    assert (blur > exact).all()
+    # For x̂ = x every pixel is the centre of its bin: -log of the bin's mass, 3072 times (edges take the tails).
+    interior = -math.log(math.erf((1 / 255) / (0.1 * math.sqrt(2))))
+    assert float(exact.max()) <= 3072 * interior + 1e-6
+
+
+def test_a_traversal_of_a_dimension_the_decoder_ignores_changes_nothing():
+    model = VAE(ModelConfig(latent_dim=4, widths=(8, 8, 8), res_blocks=0, likelihood="gaussian")).eval()
+    with torch.no_grad():
+        model.decoder.fc.weight[:, 3] = 0.0  # z_3 reaches nothing
+    mu = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.all(sweep.traversal_change(model, mu, [3], 2.5) == 0)
+    assert torch.all(sweep.traversal_change(model, mu, [0], 2.5) > 0)
+    kl = torch.tensor([0.0, 0.0, 0.0, 5.0])  # the ignored dimension has the most KL: its traversal is invisible
+    v = sweep.traversal_visibility(model, mu, kl, 1, 2.5, reps=10, seed=0)
+    assert v["traversal_change"] == 0
+
+
+def test_sweep_params_are_checked_by_name():
+    with pytest.raises(ParamsError, match="'sweep.betas'"):
+        from_dict(Params, {"sweep": {"betas": [1, 1]}})
+    with pytest.raises(ParamsError, match="'sweep.epochs'"):
+        from_dict(Params, {"sweep": {"epochs": 0}})
+
+
+def _point(beta, rate, width=1.0, **extra):
+    p = {"beta": beta, "rate_nats": rate, "rate_nats_lo": rate - width, "rate_nats_hi": rate + width,
+         "active_units_0p01": 128 if rate > 50 else 10, "beta_2sigma2": beta * 2 * 0.01,
+         "distortion_fixed_sigma_nats": 1000 + 1000 / rate, "recon_fcd": 10 + 100 / rate}
+    for k in ("distortion_fixed_sigma_nats", "recon_fcd"):
+        p[f"{k}_lo"], p[f"{k}_hi"] = p[k] - 1, p[k] + 1
+    return p | extra
+
+
+def test_the_analysis_names_directions_only_where_intervals_separate_and_stays_under_300_words():
+    points = [_point(0.5, 300), _point(5, 290), _point(500, 20)]
+    text = claims.beta_analysis([], {"points": points}, None)
+    assert len(text.split()) <= 300
+    assert "(lower)" in text and "near the sweep's β = 5" in text and "97%" in text
+    # Overlapping rates: no direction.
+    flat = [_point(0.5, 300, 30), _point(500, 290, 30)]
+    text = claims.beta_analysis([], {"points": flat}, None)
+    assert "(no measurable difference)" in text
