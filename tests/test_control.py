@@ -90,13 +90,14 @@ def known():
     sizes = control.Factors().sizes
     all_factors = np.array(list(itertools.product(*(range(n) for n in sizes))))
     rng = np.random.default_rng(0)
-    factors = all_factors[rng.choice(len(all_factors), 1500, replace=False)]
+    factors = all_factors[rng.choice(len(all_factors), 900, replace=False)]
     codes = factors + rng.normal(0, 0.05, factors.shape)
     return factors, codes, rng
 
 
 def _scores(codes, factors):
-    return disentanglement.scores(codes, factors, bins=20, n_train=1000, n_test=500)
+    # Fewer trees and images than the stage uses (100 trees, 2,000 + 1,000 images): the answers are as clear.
+    return disentanglement.scores(codes, factors, bins=20, n_train=600, n_test=300, trees=25)
 
 
 def test_codes_equal_to_the_factors_score_near_one(known):

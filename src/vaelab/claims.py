@@ -173,8 +173,8 @@ def control_verdict(study: Mapping[str, Any]) -> str:
     direction against beta = 1 only where every seed or the seed intervals separate."""
     rows = {r["beta"]: r for r in study["by_beta"]}
     best = rows[study["best_beta"]]
-    text = (f"The highest mean MIG is at β = {best['beta']:g}: {_span(best, 'mig', '{:.2f}')}, over "
-            f"{len(best['seeds'])} seeds.")
+    n = len(best["seeds"])
+    text = f"The highest mean MIG is at β = {best['beta']:g}: {_span(best, 'mig', '{:.2f}')}, over {n} seed{'s' * (n > 1)}."
     if 1.0 not in rows or best["beta"] == 1.0:
         return text + (" β = 1 itself is the best of the grid." if best["beta"] == 1.0 else
                        " β = 1 is not in the grid, so nothing is compared with it.")

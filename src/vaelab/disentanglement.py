@@ -41,13 +41,13 @@ def mig(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> dict[str, flo
 
 
 def importance_matrix(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray,
-                      factors_test: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per factor, gradient-boosted trees predicting its level from the codes: the codes' feature importances
-    R (D, K) and each factor's test accuracy (K,)."""
+                      factors_test: np.ndarray, seed: int = 0, trees: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Per factor, gradient-boosted trees (`trees` rounds of depth 3, scikit-learn's default) predicting its level
+    from the codes: the codes' feature importances R (D, K) and each factor's test accuracy (K,)."""
     d, k = codes_train.shape[1], factors_train.shape[1]
     r, acc = np.zeros((d, k)), np.zeros(k)
     for j in range(k):
-        model = GradientBoostingClassifier(random_state=seed)
+        model = GradientBoostingClassifier(n_estimators=trees, random_state=seed)
         model.fit(codes_train, factors_train[:, j])
         r[:, j] = np.abs(model.feature_importances_)
         acc[j] = float(np.mean(model.predict(codes_test) == factors_test[:, j]))
@@ -61,11 +61,11 @@ def _normalised_entropy(p: np.ndarray, base: int) -> np.ndarray:
 
 
 def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray, factors_test: np.ndarray,
-        seed: int = 0) -> dict[str, float | list[list[float]]]:
+        seed: int = 0, trees: int = 100) -> dict[str, float | list[list[float]]]:
     """DCI: disentanglement (each code informs one factor; weighted by the code's share of importance),
     completeness (each factor is held by one code; mean over factors), informativeness (mean test accuracy of the
     trees). All in [0, 1]; `importance` is R (D, K)."""
-    r, acc = importance_matrix(codes_train, factors_train, codes_test, factors_test, seed)
+    r, acc = importance_matrix(codes_train, factors_train, codes_test, factors_test, seed, trees)
     d, k = r.shape
     total = r.sum()
     if total <= 0:  # no code informs any factor (e.g. constant codes)
@@ -81,14 +81,14 @@ def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarr
 
 
 def scores(codes: np.ndarray, factors: np.ndarray, bins: int, n_train: int, n_test: int,
-           seed: int = 0) -> dict[str, float | list]:
+           seed: int = 0, trees: int = 100) -> dict[str, float | list]:
     """MIG on every row, and DCI with its trees fitted on the first n_train rows and scored on the next n_test
     (rows in random order): the control study's scores of one model."""
     if len(codes) < n_train + n_test:
         raise ValueError(f"{len(codes)} codes are fewer than dci_train + dci_test = {n_train + n_test}")
     out = mig(codes, factors, bins)
     out |= dci(codes[:n_train], factors[:n_train], codes[n_train:n_train + n_test],
-               factors[n_train:n_train + n_test], seed)
+               factors[n_train:n_train + n_test], seed, trees)
     mi = mutual_information(discretize(codes, bins), factors) / entropy(factors)  # (D, K), normalised
     out["normalised_mi"] = mi.tolist()
     return out

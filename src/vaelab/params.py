@@ -295,7 +295,7 @@ class ControlConfig:
     """The control study (stages control@<beta>-<seed>, control_eval): VAEs on the rendered dataset of known
     factors (vaelab.control), one per beta and seed, scored by MIG and DCI against the true factors."""
 
-    betas: tuple[float, ...] = (1.0, 4.0, 16.0)  # one model per beta and seed: control@<beta>-<seed>
+    betas: tuple[float, ...] = (1.0, 8.0, 32.0)  # one model per beta and seed: control@<beta>-<seed>
     seeds: tuple[int, ...] = (0, 1, 2)
     test_fraction: float = 0.1  # images held out of training (their loss is the test curve); all are scored
     subset: int = 0  # training images to use (a seeded draw), 0 = all

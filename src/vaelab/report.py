@@ -154,7 +154,7 @@ def sweep_section(sweep: Mapping[str, Any] | None, figures: str) -> list[str]:
         f"The same VAE (the `model` section) trained from scratch per β with one seed at a cheap recipe of its own "
         f"(params `sweep`: {r['subset'] or 50000} training images, {r['epochs']} epochs, no perceptual term; stages "
         f"`sweep@<β>`), each measured on the same test images with 95% bootstrap intervals "
-        f"({_doc("the-beta-sweep", "definitions")}). β·2σ̂² is the KL's weight against the squared error (per pixel, "
+        f"({_doc('the-beta-sweep', 'definitions')}). β·2σ̂² is the KL's weight against the squared error (per pixel, "
         "[−1, 1] scale) under the learned decoder σ̂: the β of this likelihood in comparable units. Stars on the "
         "figures are the full-recipe models of `train.betas`.", "",
         tables.sweep_table(sweep["points"]), "",

@@ -5,20 +5,28 @@ from __future__ import annotations
 import sys
 
 from vaelab import layout, speed, storage, timings
+from vaelab.params import Params
 from vaelab.stages import runtime
 
-def listed(stage: str, betas: tuple[float, ...]) -> bool:
-    """Whether a stage time belongs to this run: every stage without an item, and the per-β ones of listed betas
-    only (a removed beta's file stays behind, as its metrics do)."""
-    _, at, tag = stage.partition("@")
-    return not at or float(tag) in betas
+
+def listed(stage: str, params: Params) -> bool:
+    """Whether a stage time belongs to this run: every stage without an item, and the per-β ones of the betas (and
+    seeds) listed now only: train.betas, sweep.betas, control.betas x control.seeds (a removed value's file stays
+    behind, as its metrics do)."""
+    name, at, tag = stage.partition("@")
+    if not at:
+        return True
+    if name == "control":  # control@<beta>-<seed>
+        beta, _, seed = tag.rpartition("-")
+        return float(beta) in params.control.betas and int(seed) in params.control.seeds
+    return float(tag) in (params.sweep.betas if name.startswith("sweep") else params.train.betas)
 
 
 def main() -> int:
     params = runtime.load("timings")
     runtime.set_threads(params.train.threads)
     stages = {p.stem: storage.read_json(p)["seconds"] for p in sorted(layout.TIMINGS_DIR.glob("*.json"))
-              if listed(p.stem, params.train.betas)}
+              if listed(p.stem, params)}
     if not stages:
         print(f"timings: no stage times under {layout.TIMINGS_DIR}: run the pipeline (dvc repro)", file=sys.stderr)
         return 1
