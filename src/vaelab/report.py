@@ -161,7 +161,8 @@ def sweep_section(sweep: Mapping[str, Any] | None, figures: str) -> list[str]:
         f"![Rate–distortion plane of the sweep]({figures}/rate_distortion.png)", "",
         f"![Every metric against β]({figures}/metrics_vs_beta.png)", "",
         f"![KL spectrum per β]({figures}/kl_spectrum.png)", "",
-        f"![Traversals at a low, the assignment's and a high β]({figures}/traversals.png)", ""]
+        f"![Traversals at a low, the assignment's and a high β (the β above 5 whose traversal changes the image most)]"
+        f"({figures}/traversals.png)", ""]
 
 
 def control_section(study: Mapping[str, Any] | None, figures: str) -> list[str]:

@@ -66,7 +66,11 @@ def main() -> int:
     kl = [(p["beta"], pd.read_csv(SweepPaths(f"{p['beta']:g}").kl_per_dim)["kl_nats"].tolist()) for p in points]
     ds = data.load(Path(params.data.root) / layout.BATCHES, sw.subset, params.seed)
     near5 = min(points, key=lambda p: abs(np.log(p["beta"] / 5.0)))["beta"]
-    shown = sorted({points[0]["beta"], near5, points[-1]["beta"]})
+    # The high β shown is the one above 5 whose traversal changes the image most: at the very top of a wide grid
+    # the code has collapsed and every row would show the same image.
+    above = [p for p in points if p["beta"] > near5] or points[-1:]
+    high = max(above, key=lambda p: p["traversal_change"])["beta"]
+    shown = sorted({points[0]["beta"], near5, high})
     with torch.no_grad():
         traversals = traversal_figure([f"{b:g}" for b in shown], shown, ds.test_x, params)
     figures = {"rate_distortion.png": plots.sweep_rate_distortion(points, marked),
