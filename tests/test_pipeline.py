@@ -254,7 +254,7 @@ def test_the_notebook_executes_against_a_pipeline_run(small_repo, tmp_path):
     assert "class Encoder" in html + text and "def vae_loss" in html + text  # 1: the source
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2 * 5 + 1  # 2-4: curves, two grids and two interpolations per beta; the traversals
-    assert "From β = 1 to β = 5" in text  # 5: the summary
+    assert "Along the sweep (β = 1 to 64" in text  # 5: the summary, an analysis of β once a sweep ran
     assert "sampler_fcd" in html + text and "models:/cifar10-vae@beta-1" in text  # the table and the MLflow links
 
 
