@@ -150,7 +150,8 @@ def make_small_repo(dest: Path) -> Path:
     params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
     params["evaluate"].update({"n_samples": 1000, "kid_subsets": 10, "iw_images": 100, "bootstrap": 50})
     params["timings"].update({"benchmark_steps": 2, "benchmark_warmup": 1, "profile_steps": 1})
-    params["sweep"].update({"betas": [1, 64], "subset": 1000, "epochs": 1, "eval_images": 200, "traversal_dims": 2})
+    params["sweep"].update({"betas": [1, 64], "subset": 1000, "epochs": 1, "eval_images": 200, "traversal_dims": 2,
+                            "spread_betas": [64], "spread_seeds": [1]})
     params["control"].update({"betas": [1, 8], "seeds": [0], "subset": 1000, "epochs": 1, "score_images": 1000,
                               "dci_train": 300, "dci_test": 200})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

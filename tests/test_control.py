@@ -163,5 +163,6 @@ def test_a_fixed_sigma_decoder_keeps_its_sigma_while_the_rest_trains():
           torch.device("cpu"), progress=False)
     after = model.state_dict()
     assert torch.equal(after["log_sigma"], before["log_sigma"])
-    assert not torch.equal(after["encoder.head.weight"], before["encoder.head.weight"])
+    assert not torch.equal(after["encoder.head.0.weight"], before["encoder.head.0.weight"])
     assert not torch.equal(after["decoder.out.weight"], before["decoder.out.weight"])
+    assert not torch.equal(after["decoder.fc.2.weight"], before["decoder.fc.2.weight"])  # the dense hidden layer

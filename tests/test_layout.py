@@ -91,16 +91,20 @@ def test_the_sweep_and_the_control_study_write_where_the_layout_says(tmp_path):
     root = copy_with_betas(tmp_path, [1, 5])
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["sweep"]["betas"], params["control"]["betas"], params["control"]["seeds"] = [0.5, 64], [1, 2.5], [0, 3]
+    params["sweep"]["spread_betas"], params["sweep"]["spread_seeds"] = [64], [4, 7]
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     stages = resolved_stages(root)
-    for tag in ("0.5", "64"):
-        p = layout.SweepPaths(tag)
-        assert stages[f"sweep@{tag}"]["outs"] == s(p.model_dir, p.history, layout.timing_file(f"sweep@{tag}"))
-        assert stages[f"sweep_eval@{tag}"]["outs"] == s(p.point, p.kl_per_dim, layout.timing_file(f"sweep_eval@{tag}"))
-        assert s(p.model_dir) <= stages[f"sweep_eval@{tag}"]["deps"]
+    points = [layout.SweepPaths(t) for t in ("0.5", "64")] + [layout.SweepPaths("64", seed) for seed in (4, 7)]
+    assert {p.stage for p in points} | {p.eval_stage for p in points} == {
+        n for n in stages if n.startswith("sweep") and n != "sweep_report"}
+    for p in points:
+        assert stages[p.stage]["outs"] == s(p.model_dir, p.history, layout.timing_file(p.stage))
+        assert stages[p.eval_stage]["outs"] == s(p.point, p.kl_per_dim, layout.timing_file(p.eval_stage))
+        assert s(p.model_dir) <= stages[p.eval_stage]["deps"]
         assert p.model.parent == p.model_dir and p.point.parent.parent == Path("metrics/sweep")
-        # Adding a beta to the list must not retrain the others.
-        assert not any(q.startswith("sweep.betas") or q == "sweep" for q in stages[f"sweep@{tag}"]["params"])
+        # Adding a beta or a seed to a list must not retrain the others.
+        assert not any(q.startswith(("sweep.betas", "sweep.spread")) or q == "sweep" for q in stages[p.stage]["params"])
+    assert len({p.model_dir for p in points}) == len(points)
     assert stages["sweep_report"]["outs"] == s(layout.SWEEP_METRICS, layout.SWEEP_POINTS, layout.SWEEP_FIGURES,
                                                layout.timing_file("sweep_report"))
     assert s("models/sweep", "metrics/sweep") <= stages["sweep_report"]["deps"]
@@ -122,6 +126,13 @@ def test_the_layout_is_torch_free():
     assert out.stdout.strip() == "False"
 
 
+def sweep_evals() -> set[str]:
+    """The stages that measure a point of the β sweep or of its seed spread (with the judge) at the shipped params."""
+    sweep = yaml.safe_load((REPO / "params.yaml").read_text())["sweep"]
+    return ({f"sweep_eval@{b:g}" for b in sweep["betas"]}
+            | {f"sweep_seed_eval@{b:g}-{s}" for b in sweep["spread_betas"] for s in sweep["spread_seeds"]})
+
+
 def stages_depending_on(stages: dict, path: str) -> set[str]:
     return {name for name, spec in stages.items() if path in spec["deps"]}
 
@@ -133,9 +144,8 @@ def test_each_architecture_is_a_dependency_of_its_users_only(tmp_path):
     per_beta = lambda name: {f"{name}@1", f"{name}@5"}  # noqa: E731
     assert stages_depending_on(stages, "src/vaelab/resnet.py") == {"audit", "reference"} | per_beta("evaluate")
     # The judge also measures every point of the β sweep.
-    sweep_evals = {f"sweep_eval@{b:g}" for b in yaml.safe_load((REPO / "params.yaml").read_text())["sweep"]["betas"]}
     assert stages_depending_on(stages, "src/vaelab/airbench.py") == ({"judge", "reference"} | per_beta("evaluate")
-                                                                     | sweep_evals)
+                                                                     | sweep_evals())
     assert stages_depending_on(stages, "src/vaelab/vgg.py") == {"features", "timings"} | per_beta("train")
     # The shared parts of the three networks are the classifiers' own, the VAE's feature network's and the scorers'.
     assert "src/vaelab/classifier.py" not in set().union(*(stages[f"train@{b}"]["deps"] for b in (1, 5)))
@@ -154,8 +164,7 @@ def test_evaluation_settings_retrain_no_classifier(tmp_path):
 def test_only_train_loads_the_feature_network_and_only_the_scoring_stages_load_the_scorers(tmp_path):
     stages = resolved_stages(copy_with_betas(tmp_path, [1, 5]))
     assert stages_depending_on(stages, "models/features") == {"train@1", "train@5"}
-    sweep_evals = {f"sweep_eval@{b:g}" for b in yaml.safe_load((REPO / "params.yaml").read_text())["sweep"]["betas"]}
-    assert stages_depending_on(stages, "models/judge") == {"reference", "evaluate@1", "evaluate@5"} | sweep_evals
+    assert stages_depending_on(stages, "models/judge") == {"reference", "evaluate@1", "evaluate@5"} | sweep_evals()
     assert stages_depending_on(stages, "models/audit") == {"reference", "evaluate@1", "evaluate@5"}
     for role in CLASSIFIERS:  # the classifiers train on data alone
         assert not [d for d in stages[role]["deps"] if d.startswith("models/")], role

@@ -263,17 +263,23 @@ def expected_parameters(cfg: ModelConfig) -> int:
     """Trainable parameters of the VAE that `cfg` describes, counted layer by layer from the architecture: encoder
     4x4 stride-2 convs 3 -> w0 -> w1 -> w2 and a linear head 16·w2 -> 2z; decoder linear z -> 16·w2, two x2
     upsamplings and an output one to 3 or 6 channels (4x4 transposed, or nearest then 3x3); two 3x3 convs per
-    residual block; one or three learned log-sigmas; three linear layers per flow coupling."""
+    residual block; one or three learned log-sigmas (none when fixed); three linear layers per flow coupling; with
+    mlp_hidden > 0 each of the two linear maps to and from z gains a hidden layer of that width."""
     w0, w1, w2 = cfg.widths
     d0, d1, d2 = cfg.decoder_widths or cfg.widths
     z, blocks = cfg.latent_dim, cfg.res_blocks + cfg.decoder_res_blocks
     up = 4 if cfg.upsample == "transposed" else 3
     out_ch = 6 if cfg.likelihood == "logistic" or cfg.sigma == "pixel" else 3
-    encoder = (conv(3, w0, 4) + conv(w0, w1, 4) + conv(w1, w2, 4) + linear(16 * w2, 2 * z)
+    m = cfg.mlp_hidden
+
+    def dense(n_in: int, n_out: int) -> int:
+        return linear(n_in, m) + linear(m, n_out) if m else linear(n_in, n_out)
+
+    encoder = (conv(3, w0, 4) + conv(w0, w1, 4) + conv(w1, w2, 4) + dense(16 * w2, 2 * z)
                + cfg.res_blocks * 2 * (conv(w0, w0, 3) + conv(w1, w1, 3) + conv(w2, w2, 3)))
-    decoder = (linear(z, 16 * d2) + conv(d2, d1, up) + conv(d1, d0, up) + conv(d0, out_ch, up)
+    decoder = (dense(z, 16 * d2) + conv(d2, d1, up) + conv(d1, d0, up) + conv(d0, out_ch, up)
                + blocks * 2 * (conv(d0, d0, 3) + conv(d1, d1, 3) + conv(d2, d2, 3)))
-    sigma = {"global": 1, "channel": 3, "pixel": 0}[cfg.sigma] if cfg.likelihood == "gaussian" else 0
+    sigma = {"global": 1, "channel": 3, "pixel": 0, "fixed": 0}[cfg.sigma] if cfg.likelihood == "gaussian" else 0
     h, half = cfg.prior_hidden, z // 2
     flow = cfg.prior_flows * (linear(half, h) + linear(h, h) + linear(h, 2 * (z - half)))
     return encoder + decoder + sigma + flow
@@ -286,7 +292,8 @@ def expected_parameters(cfg: ModelConfig) -> int:
     ModelConfig(latent_dim=9, widths=(8, 16, 32), res_blocks=0, likelihood="gaussian", sigma="pixel",
                 upsample="nearest", decoder_res_blocks=1, decoder_widths=(12, 20, 24)),
     ModelConfig(latent_dim=5, widths=(4, 8, 16), prior_flows=3, prior_hidden=10),
-], ids=["default", "baseline", "channel-sigma", "decoder-options", "flow"])
+    ModelConfig(latent_dim=10, widths=(8, 8, 16), res_blocks=0, likelihood="gaussian", sigma="fixed", mlp_hidden=24),
+], ids=["default", "baseline", "channel-sigma", "decoder-options", "flow", "dense-hidden"])
 def test_parameter_count_follows_the_architecture(cfg):
     assert count_parameters(VAE(cfg)) == expected_parameters(cfg)
 

@@ -136,6 +136,12 @@ def test_dvc_repro_end_to_end(small_repo):
         for key in ("rate_nats", "distortion_fixed_sigma_nats", "test_psnr", "recon_fcd", "sampler_fcd",
                     "active_units_0p01", "effective_units", "units_90", "total_correlation", "traversal_change"):
             assert p[f"{key}_lo"] <= p[key] + 1e-9 <= p[f"{key}_hi"] + 2e-9, key
+    # The seed spread: β = 64 with the top-level seed 0 and again with seed 1, measured alike.
+    spread = sweep["seed_spread"]
+    assert [(r["beta"], r["seed"]) for r in spread["runs"]] == [(64, 0), (64, 1)]
+    assert spread["sd"]["rate_nats"] > 0 and spread["sd"]["rate_nats"] == pytest.approx(
+        abs(spread["runs"][0]["rate_nats"] - spread["runs"][1]["rate_nats"]) / 2 ** 0.5)
+    assert "| 64, seed 1 |" in md and "| seed SD (largest over β) |" in md
     control = json.loads((repo / "metrics" / "control.json").read_text())
     assert {(p["beta"], p["seed"]) for p in control["points"]} == {(1, 0), (8, 0)}
     assert all(0 <= p["mig"] <= 1 and 0 <= p["dci_completeness"] <= 1 for p in control["points"])
@@ -161,6 +167,7 @@ def test_dvc_repro_end_to_end(small_repo):
     assert set(parents) == {"beta-sweep", "control-study"}
     children = {r["name"]: r["tags"]["mlflow.parentRunId"] for r in every if "mlflow.parentRunId" in r["tags"]}
     assert children == {"sweep/beta=1": parents["beta-sweep"], "sweep/beta=64": parents["beta-sweep"],
+                        "sweep/beta=64/seed=1": parents["beta-sweep"],
                         "control/beta=1/seed=0": parents["control-study"],
                         "control/beta=8/seed=0": parents["control-study"]}
     for name, r in runs.items():
@@ -362,7 +369,7 @@ def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
     log = _run(["dvc", "repro"], repo, env)
     assert "Running stage 'report'" in log and "Running stage 'train@" not in log
     md = (repo / "reports" / "report.md").read_text()
-    assert f"| `baseline`: the plain VAE" in md and f"| {b1['eval']['fcd']:.1f} [" in md
+    assert "| `baseline`: the plain VAE" in md and f"| {b1['eval']['fcd']:.1f} [" in md
     assert "**final default**: baseline with train.epochs = 1" in md
     assert "Warning" not in md  # same judge
 

@@ -6,9 +6,12 @@ import math
 import pytest
 import torch
 
-from vaelab import claims, sweep
+from vaelab import claims, report, sweep
+from vaelab.intervals import seed_sd
+from vaelab.layout import SweepPaths
 from vaelab.model import VAE
 from vaelab.params import ModelConfig, Params, ParamsError, from_dict
+from vaelab.stages import runtime
 
 
 def test_effective_units_and_the_units_holding_90_percent():
@@ -74,3 +77,54 @@ def test_the_analysis_names_directions_only_where_intervals_separate_and_stays_u
     flat = [_point(0.5, 300, 30), _point(500, 290, 30)]
     text = claims.beta_analysis([], {"points": flat}, None)
     assert "(no measurable difference)" in text
+
+
+def test_the_seed_spread_params_are_checked_by_name():
+    with pytest.raises(ParamsError, match="'sweep.spread_betas'"):
+        from_dict(Params, {"sweep": {"betas": [1, 4], "spread_betas": [1, 8]}})
+    with pytest.raises(ParamsError, match="'sweep.spread_seeds'"):
+        from_dict(Params, {"sweep": {"spread_seeds": [1, 1]}})
+
+
+def test_seed_sd_is_the_largest_per_beta_standard_deviation():
+    rows = [{"beta": 1, "seed": 0, "rate": 1.0, "flag": True}, {"beta": 1, "seed": 1, "rate": 2.0, "flag": False},
+            {"beta": 1, "seed": 2, "rate": 3.0, "flag": True},
+            {"beta": 8, "seed": 0, "rate": 10.0}, {"beta": 8, "seed": 1, "rate": 14.0},
+            {"beta": 64, "seed": 0, "rate": 1000.0}]  # one seed: no spread to measure
+    sd = seed_sd(rows)
+    assert sd == {"rate": pytest.approx(math.sqrt(8.0))}  # beta 8: |10 - 14| / sqrt(2); beta 1: 1
+
+
+def test_the_sweep_recipes_seed_spread_can_withhold_a_direction():
+    points = [_point(0.5, 300), _point(5, 290), _point(500, 280)]  # intervals of +-1 nat separate
+    assert "(lower)" in claims.beta_analysis([], {"points": points}, None)
+    noisy = {"points": points, "seed_spread": {"sd": {"rate_nats": 15.0}}}  # 2 sd = 30 > the 20-nat change
+    assert "(no measurable difference)" in claims.beta_analysis([], noisy, None)
+
+
+def test_a_sweep_stage_names_a_seed_or_beta_outside_the_spread_lists(tmp_path, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text("seed: 2\nsweep:\n  betas: [1, 4, 64]\n  spread_betas: [64]\n"
+                                          "  spread_seeds: [1, 2]\n")
+    monkeypatch.chdir(tmp_path)
+    params, beta, paths = runtime.sweep_stage("sweep", ["--beta", "64", "--seed", "1"], "")
+    assert (beta, paths) == (64.0, SweepPaths("64", 1)) and paths.stage == "sweep_seed@64-1"
+    assert runtime.sweep_stage("sweep", ["--beta", "4"], "")[2] == SweepPaths("4")
+    for argv, named in ((["--beta", "4", "--seed", "1"], "sweep.spread_betas"),
+                        (["--beta", "64", "--seed", "3"], "sweep.spread_seeds"),
+                        (["--beta", "64", "--seed", "2"], "the top-level seed 2"),
+                        (["--beta", "5"], "sweep.betas")):
+        with pytest.raises(SystemExit) as e:
+            runtime.sweep_stage("sweep", argv, "")
+        assert e.value.code == 2 and named in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing half-written
+
+
+def test_the_report_shows_the_sweep_recipes_seed_spread():
+    runs = [{"beta": 1.0, "seed": s, "rate_nats": r, "active_units_0p01": 128} for s, r in ((0, 240), (1, 244))]
+    sweep_json = {"points": [_point(0.5, 300), _point(500, 20)],
+                  "recipe": {"subset": 1000, "epochs": 1, "batch_size": 8, "lr": 0.1},
+                  "seed_spread": {"betas": [1.0], "seeds": [0, 1], "runs": runs, "sd": seed_sd(runs)}}
+    text = "\n".join(report.sweep_section(sweep_json, "sweep"))
+    assert "| 1, seed 1 | 244.0 |" in text and "| seed SD (largest over β) | 2.8 | 0.0 |" in text
+    del sweep_json["seed_spread"]
+    assert "seed SD" not in "\n".join(report.sweep_section(sweep_json, "sweep"))

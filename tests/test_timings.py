@@ -12,7 +12,7 @@ from vaelab import layout, speed, storage, timings
 from vaelab.params import ClassifierConfig, ModelConfig, Params, TrainConfig
 from vaelab.precision import precision_name, uses_bf16
 from vaelab.stages import runtime
-from vaelab.params import Params, from_dict
+from vaelab.params import from_dict
 from vaelab.stages.timings import listed
 
 TINY = Params(model=ModelConfig(latent_dim=4, widths=(4, 8, 8)),
@@ -53,12 +53,15 @@ def test_the_total_is_the_sum_of_the_stages_and_the_class_follows_the_benchmark(
 
 
 def test_stage_times_of_betas_no_longer_listed_are_left_out():
-    params = from_dict(Params, {"train": {"betas": [1, 5]}, "sweep": {"betas": [0.5, 64]},
+    params = from_dict(Params, {"train": {"betas": [1, 5]},
+                                "sweep": {"betas": [0.5, 64], "spread_betas": [64], "spread_seeds": [3]},
                                 "control": {"betas": [1, 8], "seeds": [0, 2]}})
     assert listed("judge", params) and listed("train@1", params) and listed("evaluate@5", params)
     assert not listed("train@20", params) and not listed("evaluate@0.5", params)
     assert listed("sweep@0.5", params) and listed("sweep_eval@64", params) and not listed("sweep@5", params)
     assert listed("control@8-2", params) and not listed("control@8-1", params) and not listed("control@5-0", params)
+    assert listed("sweep_seed@64-3", params) and listed("sweep_seed_eval@64-3", params)
+    assert not listed("sweep_seed@64-1", params) and not listed("sweep_seed_eval@0.5-3", params)
 
 
 def test_the_benchmark_and_the_profile_time_the_training_step():

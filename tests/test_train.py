@@ -26,13 +26,16 @@ def smooth_images(n: int) -> torch.Tensor:
     return (base.expand(n, 3, 32, 32) * 170).round().to(torch.uint8)
 
 
-@pytest.mark.parametrize("prior_flows", [0, 2])
-def test_training_steps_change_every_trained_weight(prior_flows):
-    """Encoder, decoder, the Gaussian's sigma and (with a flow prior) every coupling learn within two steps (the
-    couplings' zero-initialised last layers pass no gradient to the layers before them on the first step)."""
+@pytest.mark.parametrize("prior_flows,mlp_hidden", [(0, 0), (2, 0), (0, 12)])
+def test_training_steps_change_every_trained_weight(prior_flows, mlp_hidden):
+    """Encoder, decoder, the Gaussian's sigma, the dense hidden layers when there are some and (with a flow prior)
+    every coupling learn within two steps (the couplings' zero-initialised last layers pass no gradient to the
+    layers before them on the first step)."""
     torch.manual_seed(0)
-    model = VAE(dataclasses.replace(SMALL, likelihood="gaussian", prior_flows=prior_flows, prior_hidden=8))
+    model = VAE(dataclasses.replace(SMALL, likelihood="gaussian", prior_flows=prior_flows, prior_hidden=8,
+                                    mlp_hidden=mlp_hidden))
     assert any(n.startswith("prior.") for n, _ in model.named_parameters()) == bool(prior_flows)
+    assert any(n.startswith("encoder.head.2") for n, _ in model.named_parameters()) == bool(mlp_hidden)
     before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
     cfg = TrainConfig(epochs=1, batch_size=8, warmup_steps=0, bf16=False)
     train(model, images(16), images(4, 1), 1.0, cfg, seed=0, device=CPU, progress=False)

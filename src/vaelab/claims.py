@@ -4,10 +4,9 @@ functions on metric rows (dicts whose headline numbers carry `<key>_lo` / `<key>
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from vaelab.intervals import direction
+from vaelab.intervals import direction, seed_sd
 from vaelab.recipes import preset_rows, recipe_changes
 
 MISSING = "–"  # what the report shows where a number was not measured
@@ -105,17 +104,8 @@ def seed_spread(presets: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any]
     seed-to-seed standard deviation."""
     for p in presets:
         rows = preset_rows(p)
-        seeds = {r.get("seed") for r in rows}
-        if len(seeds) < 2:
-            continue
-        spread: dict[str, float] = {}
-        for beta in {r["beta"] for r in rows}:
-            at = [r for r in rows if r["beta"] == beta]
-            for key in set.intersection(*(set(r) for r in at)):
-                values = [r[key] for r in at]
-                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                    spread[key] = max(spread.get(key, 0.0), statistics.stdev(values))
-        return p, spread
+        if len({r.get("seed") for r in rows}) >= 2:
+            return p, seed_sd(rows)
     return None, {}
 
 
@@ -197,12 +187,15 @@ def beta_analysis(rows: Sequence[Mapping[str, Any]], sweep: Mapping[str, Any],
                   control: Mapping[str, Any] | None, spread: Mapping[str, float] | None = None) -> str:
     """The summary as an analysis of at most 300 words: what changes along β in the sweep, why (the likelihood's
     scale), what the control set with known factors shows, and what that means for the assignment's β values. A
-    direction is named only where 95% intervals separate."""
+    direction is named only where 95% intervals separate and the difference exceeds twice the seed-to-seed
+    standard deviation measured for that recipe (the sweep's own, the presets' for the full recipe)."""
     pts = sorted(sweep["points"], key=lambda p: p["beta"])
     lo, hi = pts[0], pts[-1]
-    rate_dir = direction(lo, hi, "rate_nats")
+    # The sweep recipe's own seed-to-seed spread (sweep.spread_betas x spread_seeds) gates its directions.
+    sweep_sd = sweep.get("seed_spread", {}).get("sd", {})
+    rate_dir = direction(lo, hi, "rate_nats", sweep_sd.get("rate_nats"))
     q = verdicts(lo, hi, (("distortion_fixed_sigma_nats", "distortion at a fixed σ", "{:.0f}", "lower"),
-                          ("recon_fcd", "the reconstructions' FCD", "{:.1f}", "lower")))
+                          ("recon_fcd", "the reconstructions' FCD", "{:.1f}", "lower")), sweep_sd)
     parts = [
         f"Along the sweep (β = {lo['beta']:g} to {hi['beta']:g}, one cheap recipe), the rate goes from "
         f"{_span(lo, 'rate_nats', '{:.0f}')} to {_span(hi, 'rate_nats', '{:.1f}')} nats ({rate_dir}) and the active "

@@ -2,6 +2,7 @@
 separate."""
 from __future__ import annotations
 
+import statistics
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -35,6 +36,21 @@ def mean_interval(values: torch.Tensor, reps: int, seed: int) -> tuple[float, tu
     """Mean of per-item values (N,) and its bootstrap interval over the items."""
     v = values.double()
     return float(v.mean()), bootstrap(lambda i: float(v[i].mean()), [len(v)], reps, seed)
+
+
+def seed_sd(rows: Sequence[Mapping[str, object]]) -> dict[str, float]:
+    """Per numeric key, the largest over betas of the seed-to-seed standard deviation (n - 1 in the denominator) of
+    rows that each carry `beta` (rows of one beta differ by seed only); betas with one row are skipped."""
+    sd: dict[str, float] = {}
+    for beta in sorted({float(r["beta"]) for r in rows}):
+        at = [r for r in rows if float(r["beta"]) == beta]
+        if len(at) < 2:
+            continue
+        for key in set.intersection(*(set(r) for r in at)) - {"beta", "seed"}:
+            values = [r[key] for r in at]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                sd[key] = max(sd.get(key, 0.0), statistics.stdev(values))
+    return sd
 
 
 def direction(a: Mapping[str, float], b: Mapping[str, float], key: str,

@@ -39,8 +39,25 @@ def preset_results_file(name: str) -> Path:
     return PRESET_RESULTS / f"{name}.json"
 
 
+class ModelFolder:
+    """The two files of a model folder (every classifier's, every VAE's): its weights and the record of its MLflow
+    run."""
+
+    @property
+    def model_dir(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def model(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def run_file(self) -> Path:
+        return self.model_dir / "mlflow_run.json"
+
+
 @dataclass(frozen=True)
-class ClassifierPaths:
+class ClassifierPaths(ModelFolder):
     """Files of one classifier stage (judge, audit, features; the role is the stage's and its params section's
     name), as declared in dvc.yaml."""
 
@@ -53,10 +70,6 @@ class ClassifierPaths:
     @property
     def model(self) -> Path:
         return self.model_dir / f"{self.role}.pt"
-
-    @property
-    def run_file(self) -> Path:
-        return self.model_dir / "mlflow_run.json"
 
     @property
     def metrics(self) -> Path:
@@ -74,7 +87,7 @@ CLASSIFIERS = {c.role: c for c in (JUDGE, AUDIT, FEATURES)}
 
 
 @dataclass(frozen=True)
-class BetaPaths:
+class BetaPaths(ModelFolder):
     """Files of one beta's model, as declared in dvc.yaml (tag = the foreach item as DVC prints it); a preset's
     runs keep the same layout under root = presets/<name>."""
 
@@ -84,10 +97,6 @@ class BetaPaths:
     @property
     def model_dir(self) -> Path:
         return self.root / "models" / f"beta_{self.tag}"
-
-    @property
-    def model(self) -> Path:
-        return self.model_dir / "model.pt"
 
     @property
     def sampler_dir(self) -> Path:
@@ -106,10 +115,6 @@ class BetaPaths:
     @property
     def sampler_metrics(self) -> Path:
         return self.metrics_dir / "sampler.json"
-
-    @property
-    def run_file(self) -> Path:
-        return self.model_dir / "mlflow_run.json"
 
     @property
     def checkpoint(self) -> Path:
@@ -154,26 +159,32 @@ SWEEP_FIGURES = Path("reports") / "sweep"
 
 
 @dataclass(frozen=True)
-class SweepPaths:
-    """Files of one point of the β sweep (tag = the foreach item as DVC prints it)."""
+class SweepPaths(ModelFolder):
+    """Files of one point of the β sweep (tag = the foreach item as DVC prints it): stage sweep@<tag> with the
+    top-level seed, or with a seed of sweep.spread_seeds stage sweep_seed@<tag>-<seed>."""
 
     tag: str
+    seed: int | None = None  # None: the top-level seed
+
+    @property
+    def name(self) -> str:
+        return f"beta_{self.tag}" if self.seed is None else f"beta_{self.tag}_seed_{self.seed}"
+
+    @property
+    def stage(self) -> str:
+        return f"sweep@{self.tag}" if self.seed is None else f"sweep_seed@{self.tag}-{self.seed}"
+
+    @property
+    def eval_stage(self) -> str:
+        return f"sweep_eval@{self.tag}" if self.seed is None else f"sweep_seed_eval@{self.tag}-{self.seed}"
 
     @property
     def model_dir(self) -> Path:
-        return Path("models") / "sweep" / f"beta_{self.tag}"
-
-    @property
-    def model(self) -> Path:
-        return self.model_dir / "model.pt"
-
-    @property
-    def run_file(self) -> Path:
-        return self.model_dir / "mlflow_run.json"
+        return Path("models") / "sweep" / self.name
 
     @property
     def metrics_dir(self) -> Path:
-        return Path("metrics") / "sweep" / f"beta_{self.tag}"
+        return Path("metrics") / "sweep" / self.name
 
     @property
     def history(self) -> Path:
@@ -197,7 +208,7 @@ CONTROL_FIGURES = Path("reports") / "control"
 
 
 @dataclass(frozen=True)
-class ControlPaths:
+class ControlPaths(ModelFolder):
     """Files of one control model, stage control@<beta>-<seed> (tag = the matrix's beta as DVC prints it)."""
 
     tag: str
@@ -210,14 +221,6 @@ class ControlPaths:
     @property
     def model_dir(self) -> Path:
         return CONTROL_MODELS / f"beta_{self.tag}_seed_{self.seed}"
-
-    @property
-    def model(self) -> Path:
-        return self.model_dir / "model.pt"
-
-    @property
-    def run_file(self) -> Path:
-        return self.model_dir / "mlflow_run.json"
 
     @property
     def history(self) -> Path:

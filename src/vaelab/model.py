@@ -35,6 +35,14 @@ def _stage(ch: int, n_blocks: int) -> list[nn.Module]:
     return [ResBlock(ch) for _ in range(n_blocks)]
 
 
+def _dense(n_in: int, n_out: int, hidden: int) -> nn.Module:
+    """The map between the 4x4 feature map and the code: linear, or with one SiLU hidden layer of `hidden` units
+    (Burgess et al. 2018's dense layers: a linear map cannot place one small object anywhere in the image)."""
+    if hidden == 0:
+        return nn.Linear(n_in, n_out)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
+
+
 class Encoder(nn.Module):
     """(B, 3, 32, 32) images in [-1, 1] -> (mu, logvar), each (B, z)."""
 
@@ -53,7 +61,7 @@ class Encoder(nn.Module):
             nn.SiLU(),
             nn.Flatten(),  # (B, w2*4*4)
         )
-        self.head = nn.Linear(w2 * 16, 2 * cfg.latent_dim)
+        self.head = _dense(w2 * 16, 2 * cfg.latent_dim, cfg.mlp_hidden)
         self.logvar_min = cfg.logvar_min
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +89,7 @@ class Decoder(nn.Module):
         out_ch = 6 if cfg.likelihood == "logistic" or cfg.sigma == "pixel" else 3
         blocks = cfg.res_blocks + cfg.decoder_res_blocks
         self.w2 = w2
-        self.fc = nn.Linear(cfg.latent_dim, w2 * 16)
+        self.fc = _dense(cfg.latent_dim, w2 * 16, cfg.mlp_hidden)
         self.net = nn.Sequential(
             *_stage(w2, blocks),
             nn.SiLU(),

@@ -46,6 +46,7 @@ class ModelConfig:
     logvar_min: float = -12.0  # clamp of the posterior log-variance, keeps exp() finite
     prior_flows: int = 0  # affine couplings of the learned prior p(z) = f#N(0, I); 0 = p(z) is N(0, I)
     prior_hidden: int = 256  # hidden width of each coupling's MLP
+    mlp_hidden: int = 0  # > 0: one hidden layer of this width between the 4x4 feature map and z, both ways
     # Decoder options (the encoder stays as above):
     upsample: str = "transposed"  # transposed (4x4 stride-2 transposed conv) | nearest (nearest x2, then conv3x3)
     decoder_res_blocks: int = 0  # residual blocks per resolution added in the decoder only (after res_blocks)
@@ -61,6 +62,7 @@ class ModelConfig:
         _check(self.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {LIKELIHOODS}")
         _check(self.prior_flows >= 0, "model.prior_flows", f"must be >= 0, got {self.prior_flows}")
         _check(self.prior_hidden >= 1, "model.prior_hidden", f"must be >= 1, got {self.prior_hidden}")
+        _check(self.mlp_hidden >= 0, "model.mlp_hidden", f"must be >= 0, got {self.mlp_hidden}")
         _check(self.upsample in UPSAMPLES, "model.upsample", f"must be one of {UPSAMPLES}, got {self.upsample!r}")
         for key in ("res_blocks", "decoder_res_blocks"):
             _check(getattr(self, key) >= 0, f"model.{key}", f"must be >= 0, got {getattr(self, key)}")
@@ -269,11 +271,20 @@ class SweepConfig:
     fixed_sigma: float = 0.1  # the decoder sigma ([-1, 1] scale) of the distortion that compares across points
     traversal_dims: int = 8  # highest-KL dimensions whose traversal's pixel change is measured
     traversal_span: float = 2.5  # +- prior standard deviations
+    # The seed-to-seed spread of this recipe: these betas trained again with these seeds (besides the top-level
+    # seed of every point), stages sweep_seed@<beta>-<seed>; the report's verdicts along the sweep use it.
+    spread_betas: tuple[float, ...] = (1.0, 64.0)
+    spread_seeds: tuple[int, ...] = (1, 2)
 
     def __post_init__(self) -> None:
         _check(len(self.betas) >= 1 and all(math.isfinite(b) and b > 0 for b in self.betas), "sweep.betas",
                f"must list betas > 0, got {list(self.betas)}")
         _check(len(set(self.betas)) == len(self.betas), "sweep.betas", f"has duplicates: {list(self.betas)}")
+        _check(len(set(self.spread_betas)) == len(self.spread_betas) and set(self.spread_betas) <= set(self.betas),
+               "sweep.spread_betas", f"must list distinct values of sweep.betas, got {list(self.spread_betas)}")
+        _check(len(self.spread_seeds) >= 1 and len(set(self.spread_seeds)) == len(self.spread_seeds)
+               and all(0 <= s < 2**31 for s in self.spread_seeds), "sweep.spread_seeds",
+               f"must list distinct seeds in [0, 2**31), got {list(self.spread_seeds)}")
         _check(self.subset >= 0, "sweep.subset", f"must be >= 0, got {self.subset}")
         _check(self.eval_images >= 2, "sweep.eval_images", "must be >= 2")
         _check(math.isfinite(self.fixed_sigma) and self.fixed_sigma > 0, "sweep.fixed_sigma", "must be > 0")
@@ -295,12 +306,13 @@ class ControlConfig:
     """The control study (stages control@<beta>-<seed>, control_eval): VAEs on the rendered dataset of known
     factors (vaelab.control), one per beta and seed, scored by MIG and DCI against the true factors."""
 
-    betas: tuple[float, ...] = (1.0, 8.0, 32.0)  # one model per beta and seed: control@<beta>-<seed>
+    betas: tuple[float, ...] = (1.0, 16.0, 64.0, 256.0)  # one model per beta and seed: control@<beta>-<seed>
     seeds: tuple[int, ...] = (0, 1, 2)
     test_fraction: float = 0.1  # images held out of training (their loss is the test curve); all are scored
     subset: int = 0  # training images to use (a seeded draw), 0 = all
     latent_dim: int = 10
     widths: tuple[int, ...] = (32, 32, 64)
+    mlp_hidden: int = 256  # hidden units between the conv stack and z, both ways (model.mlp_hidden)
     fixed_sigma: float = 0.2  # the Gaussian decoder's fixed sigma ([-1, 1] scale): a learned one -> 0 on clean data
     epochs: int = 6
     batch_size: int = 64
@@ -340,7 +352,7 @@ class ControlConfig:
     def model_config(self) -> ModelConfig:
         """The VAE of the control study: no residual blocks, a Gaussian decoder with fixed sigma."""
         return ModelConfig(latent_dim=self.latent_dim, widths=self.widths, res_blocks=0, likelihood="gaussian",
-                           sigma="fixed", fixed_sigma=self.fixed_sigma)
+                           sigma="fixed", fixed_sigma=self.fixed_sigma, mlp_hidden=self.mlp_hidden)
 
     def train_config(self) -> TrainConfig:
         """Its training recipe (no perceptual term, no EMA, one process)."""

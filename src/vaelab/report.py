@@ -144,6 +144,16 @@ def ablation_section(rows: Sequence[Mapping[str, Any]], presets: Sequence[Mappin
     return lines
 
 
+def _sweep_spread(spread: Mapping[str, Any] | None) -> list[str]:
+    """The sweep recipe's measured seed-to-seed spread, which gates the directions the analysis names."""
+    if not spread or not spread.get("sd"):
+        return []
+    return [f"Seed-to-seed spread of this recipe: β ∈ {{{', '.join(f'{b:g}' for b in spread['betas'])}}} trained "
+            f"again with seeds {', '.join(str(s) for s in spread['seeds'][1:])} (stages `sweep_seed@<β>-<seed>`). "
+            "The summary names a direction along the sweep only where the intervals separate and the change "
+            "exceeds twice the last row's standard deviation.", "", tables.sweep_spread_table(spread), ""]
+
+
 def sweep_section(sweep: Mapping[str, Any] | None, figures: str) -> list[str]:
     """The β sweep: its table and figures (`figures` is reports/sweep relative to the report)."""
     if sweep is None:
@@ -157,7 +167,7 @@ def sweep_section(sweep: Mapping[str, Any] | None, figures: str) -> list[str]:
         f"({_doc('the-beta-sweep', 'definitions')}). β·2σ̂² is the KL's weight against the squared error (per pixel, "
         "[−1, 1] scale) under the learned decoder σ̂: the β of this likelihood in comparable units. Stars on the "
         "figures are the full-recipe models of `train.betas`.", "",
-        tables.sweep_table(sweep["points"]), "",
+        tables.sweep_table(sweep["points"]), "", *_sweep_spread(sweep.get("seed_spread")),
         f"![Rate–distortion plane of the sweep]({figures}/rate_distortion.png)", "",
         f"![Every metric against β]({figures}/metrics_vs_beta.png)", "",
         f"![KL spectrum per β]({figures}/kl_spectrum.png)", "",

@@ -271,3 +271,13 @@ def sweep_table(points: Sequence[Mapping[str, Any]]) -> str:
     """One row per swept beta: the sweep's measurements with their 95% intervals, and β·2σ̂²."""
     rows = _by_beta(points)
     return table(rows, SWEEP_COLUMNS, ("β (β·2σ̂²)", [f"{r['beta']:g} ({r['beta_2sigma2']:.2g})" for r in rows]))
+
+
+def sweep_spread_table(spread: Mapping[str, Any]) -> str:
+    """The sweep recipe's seed spread: one row per (spread beta, seed) and a last row of the largest per-beta
+    seed-to-seed standard deviation, over the sweep table's columns."""
+    columns = [(k, h, "{:.1f}" if k.startswith("active") or k == "units_90" else f)
+               for k, h, f in SWEEP_COLUMNS if k in spread["sd"]]
+    runs = sorted(spread["runs"], key=lambda r: (r["beta"], r.get("seed", 0)))
+    labels = [f"{r['beta']:g}, seed {r.get('seed', '?')}" for r in runs] + ["seed SD (largest over β)"]
+    return table([*runs, spread["sd"]], columns, ("β, seed", labels))

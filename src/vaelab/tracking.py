@@ -18,8 +18,15 @@ import torch
 
 # The parent run under which the control study's runs (control@<beta>-<seed>) nest.
 CONTROL_STUDY = "control-study"
-# The parent run of the β sweep's runs (sweep@<beta>).
+# The parent run of the β sweep's runs (sweep@<beta>, sweep_seed@<beta>-<seed>).
 SWEEP = "beta-sweep"
+# What each parent run's description says (shown by the MLflow UI above the nested runs).
+GROUPS = {
+    SWEEP: "The β sweep: the model section's VAE trained per β at the sweep's cheap recipe (stages sweep@<β>, and "
+           "sweep_seed@<β>-<seed> for the seed spread), measured by sweep_eval, drawn by sweep_report.",
+    CONTROL_STUDY: "The control study: VAEs on rendered images of six known factors, one per β and seed (stages "
+                   "control@<β>-<seed>), scored by MIG and DCI in control_eval.",
+}
 
 
 def resolve_uri(configured: str, repo_root: Path) -> str:
@@ -102,9 +109,9 @@ def run(uri: str, experiment: str, run_name: str, run_id: str | None = None,
         yield active.info.run_id
 
 
-def parent_run(uri: str, experiment: str, group: str, description: str) -> str:
-    """The id of the one parent run of a group of runs (a sweep, the control study), made on first use: the runs
-    of the group name it in their tag mlflow.parentRunId, so the MLflow UI nests them under it."""
+def parent_run(uri: str, experiment: str, group: str) -> str:
+    """The id of the one parent run of a group of runs (SWEEP, CONTROL_STUDY), made on first use with the group's
+    description: the runs of the group name it in their tag mlflow.parentRunId, so the MLflow UI nests them."""
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
@@ -113,7 +120,7 @@ def parent_run(uri: str, experiment: str, group: str, description: str) -> str:
     if found:
         return found[0].info.run_id
     parent = client.create_run(exp_id, run_name=group, tags={"vaelab_group": group,
-                                                              "mlflow.note.content": description})
+                                                              "mlflow.note.content": GROUPS[group]})
     client.set_terminated(parent.info.run_id)
     return parent.info.run_id
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pandas as pd
 import torch
 
-from vaelab import control, layout, storage, tracking
+from vaelab import control, tracking
 from vaelab.layout import ControlPaths
 from vaelab.model import VAE
-from vaelab.params import ControlConfig, ParamsError, flatten, to_dict
-from vaelab.precision import count_parameters, precision_name
-from vaelab.stages import runtime
-from vaelab.train import NonFiniteLossError, train
+from vaelab.params import ControlConfig, ParamsError, to_dict
+from vaelab.precision import count_parameters
+from vaelab.stages import runtime, study
 
 
 def parse(argv: list[str] | None, cfg: ControlConfig) -> tuple[float, int, ControlPaths]:
@@ -58,43 +56,16 @@ def run(params, beta: float, seed: int, paths: ControlPaths) -> int:
     # One split for every model (the top-level seed), so that every (beta, seed) sees the same training images.
     train_idx, test_idx = control.split(len(images), cfg.test_fraction, params.seed, cfg.subset)
     x = torch.from_numpy(images)
-    config = resolved_config(cfg, beta, seed, params.seed)
-    root = layout.repo_root()
-    uri = tracking.resolve_uri(params.tracking.uri, root)
-    try:
-        tracking.prepare_store(uri, params.tracking.experiment)
-    except tracking.TrackingError as e:
-        print(f"control: {e}", file=sys.stderr)
-        return 1
     model = VAE(cfg.model_config()).to(device, memory_format=torch.channels_last)
-    rows: list[dict] = []
-
-    def on_epoch(row: dict, state: dict) -> None:
-        rows.append(row)
-        storage.write_text(paths.history, pd.DataFrame(rows).to_csv(index=False))
-        tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-
-    parent = tracking.parent_run(uri, params.tracking.experiment, tracking.CONTROL_STUDY,
-                                 "The control study: VAEs on rendered images of six known factors, one per β and "
-                                 "seed (stages control@<β>-<seed>), scored by MIG and DCI in control_eval.")
-    tags = {"mlflow.parentRunId": parent, "dvc_stage": paths.stage, "git_commit": tracking.git_commit(root),
-            "beta": f"{beta:g}", "seed": str(seed)}
-    description = (f"control study: β = {beta:g}, seed {seed}, {cfg.epochs} epochs on {len(train_idx)} rendered "
-                   f"images, z = {cfg.latent_dim}, Gaussian decoder with fixed σ = {cfg.fixed_sigma:g}")
     print(f"control: β = {beta:g}, seed {seed} on {device}, {len(train_idx)} images, "
           f"{count_parameters(model) / 1e6:.2f}M parameters")
-    try:
-        with tracking.run(uri, params.tracking.experiment, f"control/beta={beta:g}/seed={seed}", tags=tags,
-                          description=description) as run_id:
-            tracking.log_params(flatten(config))
-            history = train(model, x[train_idx], x[test_idx], beta, cfg.train_config(), seed, device,
-                            on_epoch=on_epoch)
-            storage.save_model(paths.model, model, config)
-            storage.write_json(paths.run_file, {"run_id": run_id, "tracking_uri": uri,
-                                                "experiment": params.tracking.experiment,
-                                                "precision": precision_name(device, cfg.bf16)})
-    except NonFiniteLossError as e:
-        print(f"control: {e}", file=sys.stderr)
+    history = study.train_nested(
+        params, tracking.CONTROL_STUDY, model, (x[train_idx], x[test_idx]), beta, seed, cfg.train_config(), paths,
+        resolved_config(cfg, beta, seed, params.seed), f"control/beta={beta:g}/seed={seed}",
+        {"dvc_stage": paths.stage, "beta": f"{beta:g}", "seed": str(seed)},
+        f"control study: β = {beta:g}, seed {seed}, {cfg.epochs} epochs on {len(train_idx)} rendered images, "
+        f"z = {cfg.latent_dim}, Gaussian decoder with fixed σ = {cfg.fixed_sigma:g}")
+    if history is None:
         return 1
     last = history[-1]
     print(f"control: β = {beta:g}, seed {seed}: test recon {last['test_recon']:.1f}, KL {last['test_kl']:.2f} nats")

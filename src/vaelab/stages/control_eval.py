@@ -16,6 +16,7 @@ from vaelab.loss import kl_normal
 from vaelab.metrics import encode
 from vaelab.model import load_model
 from vaelab.stages import runtime
+from vaelab.stages.publish import publish
 
 SCORES = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "rate_nats", "active_units")
 
@@ -115,18 +116,8 @@ def main() -> int:
         point = next(p for p in points if p["beta"] == beta and p["seed"] == first)
         figures[f"traversal_beta_{beta:g}.png"] = traversal(models[(beta, first)], point, names, cfg, beta)
     figures["examples.png"] = plots.image_grid(x[:32], 8, "Control set: 32 of the rendered images")
-    layout.CONTROL_FIGURES.mkdir(parents=True, exist_ok=True)
-    for name, fig in figures.items():
-        with storage.atomic_path(layout.CONTROL_FIGURES / name) as tmp:
-            plots.save(fig, tmp)
-    uri = tracking.resolve_uri(params.tracking.uri, layout.repo_root())
-    parent = tracking.parent_run(uri, params.tracking.experiment, tracking.CONTROL_STUDY, "")
-    with tracking.run(uri, params.tracking.experiment, tracking.CONTROL_STUDY, run_id=parent):
-        for row in by_beta:
-            tracking.log_metrics({f"{k}_beta_{row['beta']:g}": row[k] for k in SCORES})
-        for name in figures:
-            tracking.log_artifact(layout.CONTROL_FIGURES / name, "figures")
-        tracking.log_artifact(layout.CONTROL_METRICS)
+    publish(params, tracking.CONTROL_STUDY, figures, layout.CONTROL_FIGURES, layout.CONTROL_METRICS,
+                  {f"{k}_beta_{row['beta']:g}": row[k] for row in by_beta for k in SCORES})
     print(f"control_eval: best β = {summary['best_beta']:g} (mean MIG {summary['best_mig']:.3f}); "
           f"{layout.CONTROL_METRICS}, {layout.CONTROL_FIGURES}/")
     return 0

@@ -3,6 +3,7 @@ and write the stage's own wall time (metrics/timings/<stage>.json)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -11,7 +12,7 @@ import time
 import torch
 
 from vaelab import layout, storage
-from vaelab.layout import BetaPaths
+from vaelab.layout import BetaPaths, SweepPaths
 from vaelab.params import ParamsError, Params, load_params
 
 
@@ -56,25 +57,59 @@ def listed_beta(text: str, listed: tuple[float, ...], key: str) -> float:
     return beta
 
 
-def beta_arg(argv: list[str] | None, params: Params, description: str) -> tuple[float, BetaPaths]:
-    """Parse `--beta B` (the foreach item), check it is listed in train.betas, return it and its paths."""
+def _listed(params: Params, key: str) -> tuple:
+    """The value of a dotted params key (sweep.betas)."""
+    return functools.reduce(getattr, key.split("."), params)
+
+
+def point_arg(argv: list[str] | None, params: Params, description: str, key: str, seeds_key: str | None = None,
+              seed_required: bool = False) -> tuple[float, str, int | None]:
+    """Parse `--beta B` (the foreach or matrix item), listed in params.yaml's `key`, and with `seeds_key` a `--seed
+    S` listed there (optional unless seed_required); return the beta, its tag as typed (as DVC prints it) and the
+    seed (None when not given). ParamsError names the problem."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--beta", required=True, help="a value listed in params.yaml train.betas")
+    parser.add_argument("--beta", required=True, help=f"a value listed in params.yaml {key}")
+    if seeds_key is not None:
+        parser.add_argument("--seed", type=int, required=seed_required,
+                            help=f"a value listed in params.yaml {seeds_key}")
     args = parser.parse_args(argv)
-    return listed_beta(args.beta, params.train.betas, "train.betas"), BetaPaths(args.beta)
+    beta = listed_beta(args.beta, _listed(params, key), key)
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed not in _listed(params, seeds_key):
+        raise ParamsError(f"--seed {seed} is not listed in params.yaml {seeds_key} {list(_listed(params, seeds_key))}")
+    return beta, args.beta, seed
 
 
 def beta_stage(name: str, argv: list[str] | None, description: str) -> tuple[Params, float, BetaPaths]:
-    """The opening of every per-beta stage: read params.yaml, parse `--beta`, set the thread count.
-    Bad params or a beta not listed exit with status 2 and a message naming the problem."""
+    """The opening of every per-beta stage: read params.yaml, parse `--beta` (listed in train.betas), set the thread
+    count. Bad params or a beta not listed exit with status 2 and a message naming the problem."""
     params = load(name)
     try:
-        beta, paths = beta_arg(argv, params, description)
+        beta, tag, _ = point_arg(argv, params, description, "train.betas")
     except ParamsError as e:
         print(f"{name}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     set_threads(params.train.threads)
-    return params, beta, paths
+    return params, beta, BetaPaths(tag)
+
+
+def sweep_stage(name: str, argv: list[str] | None, description: str) -> tuple[Params, float, SweepPaths]:
+    """The opening of a sweep point's stages: `--beta B` listed in sweep.betas, and for a point of the seed spread
+    `--seed S` listed in sweep.spread_seeds with B in sweep.spread_betas; as beta_stage otherwise."""
+    params = load(name)
+    try:
+        beta, tag, seed = point_arg(argv, params, description, "sweep.betas", "sweep.spread_seeds")
+        if seed is not None and beta not in params.sweep.spread_betas:
+            raise ParamsError(f"--seed is given, but --beta {tag} is not listed in params.yaml sweep.spread_betas "
+                              f"{list(params.sweep.spread_betas)}")
+        if seed == params.seed:
+            raise ParamsError(f"params.yaml sweep.spread_seeds lists the top-level seed {seed}, with which every "
+                              "sweep point is trained already: list other seeds")
+    except ParamsError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    set_threads(params.train.threads)
+    return params, beta, SweepPaths(tag, seed)
 
 
 def device() -> torch.device:

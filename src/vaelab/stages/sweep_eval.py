@@ -1,10 +1,9 @@
-"""DVC stage `sweep_eval@<beta>`: measure one point of the β sweep on `sweep.eval_images` test images, each number
-with its 95% bootstrap interval: rate, distortion (learned σ and one fixed σ), PSNR, the judge's FCD of the
+"""DVC stages `sweep_eval@<beta>` and `sweep_seed_eval@<beta>-<seed>`: measure one point of the β sweep on
+`sweep.eval_images` test images, each number with its 95% bootstrap interval: rate, distortion (learned σ and one fixed σ), PSNR, the judge's FCD of the
 reconstructions and of an ex-post mixture sampler, active units, the KL spectrum, Gaussian TC, the controlled-factor
 scores and how visible a traversal is."""
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -15,9 +14,7 @@ import torch
 from vaelab import (classifier, data, density, factors, layout, metrics, network, organisation, quality, storage,
                     sweep, tracking)
 from vaelab.intervals import mean_interval, with_interval
-from vaelab.layout import SweepPaths
 from vaelab.model import load_model
-from vaelab.params import ParamsError
 from vaelab.stages import runtime
 
 
@@ -66,23 +63,13 @@ def measure(model, ds, judge, params, device: torch.device) -> tuple[dict, torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    params = runtime.load("sweep_eval")
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--beta", required=True, help="a value listed in params.yaml sweep.betas")
-    args = parser.parse_args(argv)
-    try:
-        beta = runtime.listed_beta(args.beta, params.sweep.betas, "sweep.betas")
-    except ParamsError as e:
-        print(f"sweep_eval: {e}", file=sys.stderr)
-        return 2
-    runtime.set_threads(params.train.threads)
-    paths = SweepPaths(args.beta)
+    params, beta, paths = runtime.sweep_stage("sweep_eval", argv, __doc__)
     torch.set_grad_enabled(False)
     device = runtime.device()
     model, config = load_model(paths.model, device)
-    ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
+    ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["data_seed"])
     m, kl = measure(model, ds, network.load(layout.JUDGE.model, device), params, device)
-    m["beta"] = beta
+    m["beta"], m["seed"] = beta, config["seed"]
     m["beta_2sigma2"] = beta * 2 * m["decoder_sigma"] ** 2
     storage.write_json(paths.point, m)
     storage.write_text(paths.kl_per_dim, pd.DataFrame({"dim": range(len(kl)), "kl_nats": kl.tolist()})
@@ -91,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.run(run["tracking_uri"], run["experiment"], run["run_name"], run_id=run["run_id"]):
         tracking.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                              step=config["train"]["epochs"])
-    print(f"sweep_eval: β = {beta:g}: rate {m['rate_nats']:.1f} nats, distortion {m['distortion_nats']:.0f} nats, "
+    print(f"sweep_eval: β = {beta:g}, seed {config['seed']}: rate {m['rate_nats']:.1f} nats, distortion {m['distortion_nats']:.0f} nats, "
           f"PSNR {m['test_psnr']:.2f} dB, σ̂ {m['decoder_sigma']:.4f}, active {m['active_units_0p01']}, effective "
           f"units {m['effective_units']:.1f}, recon FCD {m['recon_fcd']:.1f}, sampler FCD {m['sampler_fcd']:.1f}")
-    return runtime.finish(f"sweep_eval@{paths.tag}", 0)
+    return runtime.finish(paths.eval_stage, 0)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import pandas as pd
 import torch
 
 from vaelab import data, layout, plots, storage, tracking
+from vaelab.intervals import seed_sd
 from vaelab.layout import BetaPaths, SweepPaths
 from vaelab.model import load_model
 from vaelab.stages import runtime
+from vaelab.stages.publish import publish
 
 # Columns of metrics/sweep_points.csv (with _lo/_hi where the point has them).
 POINT_KEYS = ("rate_nats", "distortion_nats", "distortion_fixed_sigma_nats", "test_psnr", "recon_fcd", "sampler_fcd",
@@ -45,11 +47,17 @@ def main() -> int:
     params = runtime.load("sweep_report")
     sw = params.sweep
     tags = [f"{b:g}" for b in sw.betas]
-    missing = [f"sweep_eval@{t}" for t in tags if not SweepPaths(t).point.is_file()]
+    extra = [SweepPaths(f"{b:g}", s) for b in sw.spread_betas for s in sw.spread_seeds]
+    missing = [p.eval_stage for p in [SweepPaths(t) for t in tags] + extra if not p.point.is_file()]
     if missing:
         print(f"sweep_report: no measurements of {', '.join(missing)}; run dvc repro", file=sys.stderr)
         return 2
     points = sorted((storage.read_json(SweepPaths(t).point) for t in tags), key=lambda p: p["beta"])
+    # The seed spread: each spread beta's point with the top-level seed and again with every spread seed.
+    runs = [p for p in points if p["beta"] in sw.spread_betas] + [storage.read_json(p.point) for p in extra]
+    sd = seed_sd([{"beta": r["beta"], **{k: r[k] for k in POINT_KEYS if k in r}} for r in runs])
+    spread = {"betas": list(sw.spread_betas), "seeds": [params.seed, *sw.spread_seeds], "sd": sd,
+              "runs": [{k: r[k] for k in ("beta", "seed", *POINT_KEYS) if k in r} for r in runs]}
     # The assignment's models, trained at the full recipe, as marked points (their eval.json has the same keys).
     marked = [storage.read_json(BetaPaths(f"{b:g}").eval_metrics) | {"beta": b} for b in params.train.betas
               if BetaPaths(f"{b:g}").eval_metrics.is_file()]
@@ -58,8 +66,8 @@ def main() -> int:
                "recipe": {"subset": sw.subset, "epochs": sw.epochs, "batch_size": sw.batch_size, "lr": sw.lr,
                           "perceptual_weight": 0},
                "rate_monotone": all(b["rate_nats"] <= a["rate_nats_hi"] for a, b in zip(points, points[1:])),
-               "lowest_rate_nats": lowest["rate_nats"], "highest_rate_share": points[-1]["rate_nats"] /
-               max(lowest["rate_nats"], 1e-12)}
+               "lowest_rate_nats": lowest["rate_nats"],
+               "highest_rate_share": points[-1]["rate_nats"] / max(lowest["rate_nats"], 1e-12), "seed_spread": spread}
     storage.write_json(layout.SWEEP_METRICS, summary)
     cols = ["beta"] + [c for k in POINT_KEYS for c in (k, f"{k}_lo", f"{k}_hi") if c in points[0]]
     storage.write_text(layout.SWEEP_POINTS, pd.DataFrame(points)[cols].to_csv(index=False))
@@ -76,16 +84,7 @@ def main() -> int:
     figures = {"rate_distortion.png": plots.sweep_rate_distortion(points, marked),
                "metrics_vs_beta.png": plots.sweep_metrics(points, marked),
                "kl_spectrum.png": plots.kl_spectrum(kl), "traversals.png": traversals}
-    layout.SWEEP_FIGURES.mkdir(parents=True, exist_ok=True)
-    for name, fig in figures.items():
-        with storage.atomic_path(layout.SWEEP_FIGURES / name) as tmp:
-            plots.save(fig, tmp)
-    uri = tracking.resolve_uri(params.tracking.uri, layout.repo_root())
-    parent = tracking.parent_run(uri, params.tracking.experiment, tracking.SWEEP, "")
-    with tracking.run(uri, params.tracking.experiment, tracking.SWEEP, run_id=parent):
-        for name in figures:
-            tracking.log_artifact(layout.SWEEP_FIGURES / name, "figures")
-        tracking.log_artifact(layout.SWEEP_METRICS)
+    publish(params, tracking.SWEEP, figures, layout.SWEEP_FIGURES, layout.SWEEP_METRICS)
     print(f"sweep_report: {len(points)} points, rate {points[0]['rate_nats']:.1f} → {points[-1]['rate_nats']:.1f} "
           f"nats; {layout.SWEEP_METRICS}, {layout.SWEEP_FIGURES}/")
     return 0

@@ -11,14 +11,17 @@ from vaelab.stages import runtime
 
 def listed(stage: str, params: Params) -> bool:
     """Whether a stage time belongs to this run: every stage without an item, and the per-β ones of the betas (and
-    seeds) listed now only: train.betas, sweep.betas, control.betas x control.seeds (a removed value's file stays
-    behind, as its metrics do)."""
+    seeds) listed now only: train.betas, sweep.betas, sweep.spread_betas x spread_seeds, control.betas x
+    control.seeds (a removed value's file stays behind, as its metrics do)."""
     name, at, tag = stage.partition("@")
     if not at:
         return True
     if name == "control":  # control@<beta>-<seed>
         beta, _, seed = tag.rpartition("-")
         return float(beta) in params.control.betas and int(seed) in params.control.seeds
+    if name.startswith("sweep_seed"):  # sweep_seed@<beta>-<seed>, sweep_seed_eval@<beta>-<seed>
+        beta, _, seed = tag.rpartition("-")
+        return float(beta) in params.sweep.spread_betas and int(seed) in params.sweep.spread_seeds
     return float(tag) in (params.sweep.betas if name.startswith("sweep") else params.train.betas)
 
 
