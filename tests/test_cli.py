@@ -259,3 +259,15 @@ def test_module_help_lists_the_subcommands():
     assert r.returncode == 0, r.stderr
     for name in ("sample", "interpolate", "reconstruct"):
         assert name in r.stdout
+
+
+def test_summary_prints_the_reports_analysis_from_the_metrics_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["summary"]) == 2
+    assert "no metrics/sweep.json" in capsys.readouterr().err
+    points = [{"beta": b, "rate_nats": r, "rate_nats_lo": r - 1, "rate_nats_hi": r + 1, "active_units_0p01": u,
+               "beta_2sigma2": b * 0.02} for b, r, u in ((0.5, 300.0, 128), (500.0, 20.0, 10))]
+    storage.write_json(Path("metrics/sweep.json"), {"points": points})
+    assert cli.main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Along the sweep (β = 0.5 to 500") and "300 [299, 301] to 20.0 [19.0, 21.0] nats (lower)" in out

@@ -212,7 +212,8 @@ def beta_analysis(rows: Sequence[Mapping[str, Any]], sweep: Mapping[str, Any],
                                                            else "") +
                  "; the rate–distortion plane and the KL spectrum show where it bites.")
     if control is not None:
-        parts.append("On the control set, whose factors are known: " + control_verdict(control))
+        verdict = control_verdict(control)
+        parts.append("On the control set, whose factors are known, " + verdict[0].lower() + verdict[1:])
     full = sorted(rows, key=lambda r: r["beta"])
     if len(full) >= 2:
         a, b = full[0], full[-1]

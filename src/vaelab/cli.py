@@ -1,5 +1,5 @@
 """`python -m vaelab`: sample, interpolate and reconstruct CIFAR-10 images with a trained VAE (a DVC model file or
-an MLflow model URI). The core is pure functions on a Codec; `main` is a thin argparse layer around them."""
+an MLflow model URI), and print the report's summary from the metrics files. The core is pure functions on a Codec; `main` is a thin argparse layer around them."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaelab import data, density, layout, plots, storage
+from vaelab import claims, data, density, layout, plots, storage
 from vaelab.model import Codec, load_model
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -156,6 +156,23 @@ def write_png(images: torch.Tensor, nrow: int, out: Path, upscale: int = 1) -> N
 
 # -- the command line --------------------------------------------------------------------------------------------
 
+def summary_text(root: Path = Path(".")) -> str:
+    """The report's summary, the β analysis, from the metrics files under `root` (metrics/sweep.json,
+    metrics/control.json, every full-recipe model's train.json and eval.json, the presets' results), as the report
+    stage writes it; CLIError when there is no sweep to analyse."""
+    sweep_file = root / layout.SWEEP_METRICS
+    if not sweep_file.is_file():
+        raise CLIError(f"no {layout.SWEEP_METRICS} under {root}: run `dvc repro sweep_report` first")
+    control_file = root / layout.CONTROL_METRICS
+    rows = [storage.read_json(d / "train.json") | storage.read_json(d / "eval.json")
+            for d in sorted((root / layout.BETA_METRICS).glob("beta_*"))
+            if (d / "train.json").is_file() and (d / "eval.json").is_file()]
+    presets = [storage.read_json(f) for f in sorted((root / layout.PRESET_RESULTS).glob("*.json"))]
+    return claims.beta_analysis(rows, storage.read_json(sweep_file),
+                                storage.read_json(control_file) if control_file.is_file() else None,
+                                claims.seed_spread(presets)[1])
+
+
 def run(args: argparse.Namespace) -> str:
     """Run one parsed subcommand; returns what was written."""
     if args.model:
@@ -199,10 +216,10 @@ def positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The `vaelab` parser with its three subcommands."""
+    """The `vaelab` parser with its four subcommands."""
     p = argparse.ArgumentParser(prog="vaelab", description="Sample, interpolate and reconstruct CIFAR-10 images "
                                 "with a trained VAE. `vaelab <subcommand> --help` lists its options.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{sample,interpolate,reconstruct}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{sample,interpolate,reconstruct,summary}")
     common = argparse.ArgumentParser(add_help=False)
     which = common.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a DVC model file (models/beta_1/model.pt) or an MLflow model URI (models:/"
@@ -241,6 +258,9 @@ def parser() -> argparse.ArgumentParser:
                        epilog=f"Writes the originals on top, their reconstructions below; {RESIZE_NOTE}.")
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--out", type=Path, default=Path("reconstructions.png"), help="default reconstructions.png")
+
+    sub.add_parser("summary", help="print the report's summary (the β analysis) from this repository's metrics "
+                   "files, without rerunning the report stage")
     return p
 
 
@@ -248,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit status 0, or 2 with a one-line message naming the problem (argparse errors too)."""
     args = parser().parse_args(argv)
     try:
+        if args.command == "summary":
+            print(summary_text())
+            return 0
         what = run(args)
     except CLIError as e:
         print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
