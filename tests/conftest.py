@@ -149,6 +149,10 @@ def make_small_repo(dest: Path) -> Path:
         params[role].update({"widths": [8, 16, 16], "epochs": 1, "batch_size": 256})
     params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
     params["evaluate"].update({"n_samples": 1000, "kid_subsets": 10, "iw_images": 100, "bootstrap": 50})
+    # A tiny diffusion prior and hold-out: the sampler stage fits both samplers, evaluate judges both and the ceiling.
+    params["sampling"].update({"holdout": 100, "diffusion": {"hidden": 32, "blocks": 1, "timesteps": 100,
+                                                             "train_steps": 20, "batch_size": 128, "lr": 0.001,
+                                                             "sample_steps": 5, "temperature": 1.0}})
     params["timings"].update({"benchmark_steps": 2, "benchmark_warmup": 1, "profile_steps": 1})
     params["sweep"].update({"betas": [1, 64], "subset": 1000, "epochs": 1, "eval_images": 200, "traversal_dims": 2,
                             "spread_betas": [64], "spread_seeds": [1]})

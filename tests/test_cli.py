@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from vaelab import cli, data, density, storage, tracking
-from vaelab.model import VAE, Codec, load_model
+from vaelab.codec import Codec
+from vaelab.model import VAE, load_model
 from vaelab.params import ModelConfig, to_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vaelab import diffusion
-from vaelab.diffusion import DiffusionConfig, DiffusionPrior
+from vaelab.diffusion import DiffusionPrior
+from vaelab.params import DiffusionConfig
 
 SMALL = DiffusionConfig(hidden=64, blocks=2, timesteps=200, train_steps=1500, batch_size=256, lr=3e-3,
                         sample_steps=25)

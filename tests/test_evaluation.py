@@ -11,12 +11,13 @@ import torch
 
 from vaelab.data import to_unit
 from vaelab.factors import (Factor, affine, brightness, factor_codes, factor_metrics, factor_score, factor_transforms,
-                            hflip, hue_rotation, saturation, shares, shift, squared_changes)
+                            hflip, hue_rotation, logistic_r2, ridge_r2, saturation, shares, shift, squared_changes)
 from vaelab.intervals import bootstrap, direction, mean_interval
 from vaelab.loss import recon_nll
 from vaelab.metrics import iw_log_likelihood, likelihood_metrics, linear_probe, per_image
 from vaelab.organisation import (active_units, aggregate_covariance, gaussian_total_correlation,
                                  organisation_metrics, sampled_total_correlation, threshold_key)
+from vaelab import quality
 from vaelab.quality import class_entropy, frechet_distance, kernel_distance, sample_quality
 from vaelab.model import VAE
 from vaelab.params import EvaluateConfig, ModelConfig
@@ -251,6 +252,29 @@ def test_class_entropy_uniform_and_single_class():
     half = torch.zeros(40, 10)
     half[:20, 1] = half[20:, 7] = 1.0
     assert class_entropy(half) == pytest.approx(1.0)
+
+
+def colour_stats(images_u8: torch.Tensor) -> torch.Tensor:
+    """Features of known meaning for the copy check: each channel's mean and standard deviation (N, 6)."""
+    f = images_u8.double() / 255
+    return torch.cat([f.mean((2, 3)), f.std((2, 3))], 1)
+
+
+def test_the_copy_check_flags_copies_and_passes_images_unlike_their_neighbours():
+    """Samples that are training images have themselves as nearest neighbours: copy_fcd is 0, below two halves of
+    the training set, and they are flagged. Flat grey images are nothing like their nearest training images (the
+    ramps): copy_fcd lies far above the halves' and they pass."""
+    train = gradient_images(600, seed=4)
+    copies = quality.copy_check(train[:200], train, colour_stats, 200, reps=30, seed=0)
+    assert copies["copy_fcd"] == pytest.approx(0.0, abs=1e-9) and copies["halves_fcd"] > 0
+    assert copies["samples_not_copies"] is False and copies["copy_images"] == 200
+    grey = torch.full((200, 3, 32, 32), 128, dtype=torch.uint8) + torch.randint(0, 3, (200, 1, 1, 1),
+                                                                                 generator=gen(5)).to(torch.uint8)
+    unlike = quality.copy_check(grey, train, colour_stats, 200, reps=30, seed=0)
+    assert unlike["samples_not_copies"] is True
+    assert unlike["copy_fcd_lo"] <= unlike["copy_fcd"] <= unlike["copy_fcd_hi"]
+    with pytest.raises(ValueError, match="two halves of 400 images need 800 training images, got 600"):
+        quality.copy_check(gradient_images(400, seed=6), train, colour_stats, 400, reps=5, seed=0)
 
 
 def test_sample_quality_keys_and_values():
@@ -513,6 +537,45 @@ def test_readability_reads_a_level_that_the_code_holds_and_not_one_it_lacks():
     assert out["factor_r2"] == pytest.approx((out["factor_r2_brightness"] + out["factor_r2_flip"]) / 2)
     assert out["factor_score"] == pytest.approx((out["factor_score_brightness"] + out["factor_score_flip"]) / 2)
     assert set(resp) == set(FACTORS)
+
+
+def test_a_binary_factor_is_read_from_the_size_of_the_change_and_not_from_its_sign():
+    """Dim 1 of the encoder (left minus right) carries the flip: a flip negates it. The ramps' slopes have random
+    signs, so the signed change of the code points either way and a linear readout of it reads nothing; the
+    logistic readout of its size reads the flip (R^2 >= 0.9) of images that a flip visibly changes (a ramp of at
+    least a tenth of the range). An encoder of flip-invariant statistics (mean, std, red minus blue) does not
+    change under a flip, and nothing reads it (R^2 ~ 0)."""
+    x = gradient_images(800, seed=2)
+    x = x[stats_encoder(x)[:, 1].abs() > 0.05][:400]
+    flip_only = {"flip": FACTORS["flip"]}
+    base, changed = factor_codes(stats_encoder, x, flip_only)
+    out, _ = factor_metrics(base, changed, flip_only, l2=1.0, reps=20, seed=0)
+    assert out["factor_r2_flip"] >= 0.9
+    assert out["factor_r2_flip_lo"] <= out["factor_r2_flip"] <= out["factor_r2_flip_hi"]
+    # The signed change, read linearly as the readout of the graded factors does: R^2 near 0.
+    delta = changed["flip"][0] - base  # (N, 8)
+    half = len(x) // 2
+    xs = lambda rows: torch.cat([torch.zeros_like(delta[rows]), delta[rows]])  # noqa: E731
+    ys = lambda m: torch.cat([torch.zeros(m, dtype=torch.float64), torch.ones(m, dtype=torch.float64)])  # noqa: E731
+    err, dev = ridge_r2(xs(slice(0, half)), ys(half), xs(slice(half, None)), ys(len(x) - half), 1.0)
+    assert float(1 - err.sum() / dev.sum()) < 0.1
+    invariant = lambda v: stats_encoder(v)[:, [0, 2, 3]]  # noqa: E731
+    base, changed = factor_codes(invariant, x, flip_only)
+    out, _ = factor_metrics(base, changed, flip_only, l2=1.0, reps=20, seed=0)
+    assert abs(out["factor_r2_flip"]) < 0.05
+
+
+def test_logistic_readout_known_answers():
+    """A label that is a threshold of one feature is read almost exactly; a label independent of the features is
+    not read at all (held-out pseudo-R^2 ~ 0, not above)."""
+    g = gen(3)
+    feats = torch.randn(2000, 3, generator=g, dtype=torch.float64)
+    label = (feats[:, 1] > 0.3).double()
+    err, dev = logistic_r2(feats[:1000], label[:1000], feats[1000:], label[1000:], l2=1e-3)
+    assert float(1 - err.sum() / dev.sum()) > 0.9
+    noise = (torch.rand(2000, generator=g, dtype=torch.float64) > 0.5).double()
+    err, dev = logistic_r2(feats[:1000], noise[:1000], feats[1000:], noise[1000:], l2=1.0)
+    assert abs(float(1 - err.sum() / dev.sum())) < 0.02
 
 
 def test_shares_and_factor_score_known_values():

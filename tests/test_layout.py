@@ -49,7 +49,7 @@ def expected_beta_outputs(tag: str) -> dict[str, set[str]]:
     """What each per-β stage writes, by vaelab.layout."""
     p = BetaPaths(tag)
     return {
-        f"train@{tag}": s(p.model_dir, p.train_metrics, p.history, layout.timing_file(f"train@{tag}")),
+        f"train@{tag}": s(p.model_dir, p.train_metrics, p.history, p.steps, layout.timing_file(f"train@{tag}")),
         f"sampler@{tag}": s(p.sampler_dir, p.sampler_metrics, layout.timing_file(f"sampler@{tag}")),
         f"evaluate@{tag}": s(p.eval_metrics, p.kl_per_dim, p.factor_response, layout.timing_file(f"evaluate@{tag}")),
         f"figures@{tag}": s(p.figures, layout.timing_file(f"figures@{tag}")),
@@ -67,7 +67,8 @@ def test_dvc_yaml_writes_where_the_layout_says_for_every_beta(tmp_path, betas):
             assert stages[stage]["outs"] == outs, stage
         assert s(p.model_dir) <= stages[f"sampler@{tag}"]["deps"]
         assert s(p.model_dir, p.sampler_dir) <= stages[f"evaluate@{tag}"]["deps"]
-        assert s(p.model_dir, p.sampler_dir, p.history, p.kl_per_dim, p.factor_response) <= stages[f"figures@{tag}"]["deps"]
+        assert s(p.model_dir, p.sampler_dir, p.history, p.steps, p.kl_per_dim, p.factor_response) <= \
+            stages[f"figures@{tag}"]["deps"]
         # Every file the report reads for this beta lies in a folder it depends on.
         report = stages["report"]["deps"]
         assert str(layout.BETA_METRICS) in report and p.eval_metrics.is_relative_to(layout.BETA_METRICS)
@@ -143,9 +144,9 @@ def test_each_architecture_is_a_dependency_of_its_users_only(tmp_path):
     stages = resolved_stages(copy_with_betas(tmp_path, [1, 5]))
     per_beta = lambda name: {f"{name}@1", f"{name}@5"}  # noqa: E731
     assert stages_depending_on(stages, "src/vaelab/resnet.py") == {"audit", "reference"} | per_beta("evaluate")
-    # The judge also measures every point of the β sweep.
+    # The judge also measures every point of the β sweep, and labels the sampler draws of the class interpolation.
     assert stages_depending_on(stages, "src/vaelab/airbench.py") == ({"judge", "reference"} | per_beta("evaluate")
-                                                                     | sweep_evals())
+                                                                     | per_beta("figures") | sweep_evals())
     assert stages_depending_on(stages, "src/vaelab/vgg.py") == {"features", "timings"} | per_beta("train")
     # The shared parts of the three networks are the classifiers' own, the VAE's feature network's and the scorers'.
     assert "src/vaelab/classifier.py" not in set().union(*(stages[f"train@{b}"]["deps"] for b in (1, 5)))
@@ -164,7 +165,8 @@ def test_evaluation_settings_retrain_no_classifier(tmp_path):
 def test_only_train_loads_the_feature_network_and_only_the_scoring_stages_load_the_scorers(tmp_path):
     stages = resolved_stages(copy_with_betas(tmp_path, [1, 5]))
     assert stages_depending_on(stages, "models/features") == {"train@1", "train@5"}
-    assert stages_depending_on(stages, "models/judge") == {"reference", "evaluate@1", "evaluate@5"} | sweep_evals()
+    assert stages_depending_on(stages, "models/judge") == ({"reference", "evaluate@1", "evaluate@5", "figures@1",
+                                                             "figures@5"} | sweep_evals())
     assert stages_depending_on(stages, "models/audit") == {"reference", "evaluate@1", "evaluate@5"}
     for role in CLASSIFIERS:  # the classifiers train on data alone
         assert not [d for d in stages[role]["deps"] if d.startswith("models/")], role

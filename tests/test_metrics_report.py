@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import math
 import re
 
 import pandas as pd
@@ -9,12 +11,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from vaelab import claims, density, plots, report, tables, webpage
+from vaelab import claims, density, plots, report, samplers, tables, webpage
 from vaelab.data import CIFAR10
-from vaelab.metrics import likelihood_metrics, per_image, psnr
+from vaelab.metrics import decode_uint8, likelihood_metrics, per_image, psnr
 from vaelab.model import VAE
 from vaelab.organisation import active_units
-from vaelab.params import FiguresConfig, ModelConfig
+from vaelab.params import FiguresConfig, ModelConfig, TrainConfig
+from vaelab.train import train
 
 SMALL = ModelConfig(latent_dim=6, widths=(8, 16, 32), res_blocks=0)
 
@@ -49,28 +52,95 @@ def test_evaluate_outputs_consistent_numbers():
     assert again == m  # seeded: repeatable
 
 
-def figure_inputs(g: torch.Generator) -> tuple[CIFAR10, pd.DataFrame]:
-    """A 30-image test set, 20 training images and a two-epoch history, for make_figures."""
+def figure_inputs(g: torch.Generator) -> tuple[CIFAR10, pd.DataFrame, pd.DataFrame]:
+    """A 30-image test set, 20 training images, and the per-epoch and per-step curves of a real two-epoch training
+    of a tiny Gaussian-decoder VAE on them (perceptual term off, an MMD term on), for make_figures."""
     ds = CIFAR10(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(20) % 10,
                  torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=g),
                  torch.arange(30) % 10, tuple(f"class{i}" for i in range(10)))
-    history = pd.DataFrame([{"epoch": e, **{f"{s}_{k}": 1.0 / e for s in ("train", "test")
-                                            for k in ("loss", "recon", "kl", "bpd")}} for e in (1, 2)])
-    return ds, history
+    states = []
+    torch.manual_seed(0)
+    gaussian = dataclasses.replace(SMALL, likelihood="gaussian", sigma="global")
+    history = train(VAE(gaussian), ds.train_x, ds.test_x, 2.0, TrainConfig(epochs=2, batch_size=4, warmup_steps=2,
+                                                                        mmd_weight=10.0, log_every=2, bf16=False),
+                    seed=0, device=torch.device("cpu"), on_epoch=lambda row, state: states.append(state),
+                    progress=False)
+    return ds, pd.DataFrame(history), pd.DataFrame(states[-1]["steps"])
+
+
+def brightness_judge(images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stand-in judge of known answers: class 0 for dark images, 1 for bright ones, surer the further the mean
+    pixel is from the middle grey."""
+    mean = images_u8.float().mean((1, 2, 3)) / 255  # (N,) in [0, 1]
+    return (mean > 0.5).long(), 0.5 + (mean - 0.5).abs()
+
+
+class BrightnessDecoder(torch.nn.Module):
+    """A decoder of known answers: a grey image whose brightness is tanh(z_0) on the [-1, 1] scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(()))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return (self.gain * torch.tanh(z[:, :1]))[:, :, None, None].expand(-1, 3, 32, 32)  # (B, 3, 32, 32)
+
+
+def test_the_class_interpolation_joins_the_surest_draws_of_two_classes_and_labels_every_frame():
+    """The stand-in judge is surest of the most extreme brightness: the line runs from the draw of most extreme
+    z_0 to the most extreme one of the other sign, and each frame's label is the judge's verdict on that frame (dark
+    while z_0 < 0, then bright)."""
+    pool = torch.randn(64, 6, generator=torch.Generator().manual_seed(3))
+    fig = plots.class_interpolation(BrightnessDecoder(), lambda n, g: pool[:n], brightness_judge, ("dark", "bright"),
+                                    7, seed=0, title="t")
+    a = int(pool[:, 0].abs().argmax())
+    other = pool[:, 0].sign() != pool[a, 0].sign()
+    b = int(torch.where(other, pool[:, 0].abs(), -1.0).argmax())
+    line = plots.lerp(pool[a], pool[b], 7)[:, 0]  # z_0 along the line
+    expected = ["bright" if v > 0 else "dark" for v in line.tolist()]
+    shown = [lbl.get_text().split("\n")[0] for lbl in fig.axes[0].get_xticklabels()]
+    assert shown == expected and shown[0] != shown[-1]
+    assert f"from a {expected[0]} to a {expected[-1]}" in fig._suptitle.get_text()
+    one_class = plots.class_interpolation(BrightnessDecoder(), lambda n, g: pool[:n],
+                                          lambda x: (torch.zeros(len(x), dtype=torch.long), torch.rand(len(x))),
+                                          ("dark", "bright"), 5, 0, "t")
+    assert "all 64 draws are one class, dark" in one_class._suptitle.get_text()
+
+
+def test_the_plotted_total_is_the_sum_of_the_plotted_terms():
+    """Each training row's loss is the sum of its weighted terms, and the curves figure draws exactly those: the
+    line labelled as the total equals the sum of the term lines, point by point; the test points likewise."""
+    _, history, steps = figure_inputs(torch.Generator().manual_seed(1))
+    assert steps["step"].tolist() == [2, 4, 5, 6, 8, 10]  # every 2nd step and each epoch's end (5 steps an epoch)
+    fig = plots.training_curves(history, steps, 2.0, 0.0, 10.0, "t")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    terms = [lines[label] for key, label in plots.OBJECTIVE_LABELS if label in lines]
+    assert [ln.get_label() for ln in terms] == ["reconstruction −log p(x|z)", "β·KL(q(z|x) ‖ p(z))", "MMD term"]
+    total = lines["total loss (sum of the terms)"].get_ydata()
+    torch.testing.assert_close(torch.tensor(total), torch.tensor(sum(ln.get_ydata() for ln in terms)), rtol=1e-5,
+                               atol=1e-3)
+    markers = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "None"]  # total first, then each term
+    torch.testing.assert_close(torch.tensor(markers[0].get_ydata()),
+                               torch.tensor(sum(m.get_ydata() for m in markers[1:])), rtol=1e-5, atol=1e-3)
+    # The learning rate and the decoder's σ̂ are drawn per step; σ̂ is the learned one (it moved from exp(-2)).
+    assert list(fig.axes[3].get_lines()[0].get_ydata()) == steps["lr"].tolist()
+    assert steps["sigma"].iloc[-1] != pytest.approx(math.exp(-2.0))
+    assert history["sigma"].iloc[-1] == steps["sigma"].iloc[-1]
 
 
 def test_make_figures_builds_every_figure():
     torch.manual_seed(0)
     model = VAE(SMALL).eval()
     g = torch.Generator().manual_seed(0)
-    ds, history = figure_inputs(g)
+    ds, history, steps = figure_inputs(g)
     response = pd.DataFrame({"dim": range(6), "brightness": [0, 0, 5.0, 0, 0, 0.1], "flip": [1.0] * 6})
     gmm = density.fit_gmm(torch.randn(50, 6, generator=g), 3, 20)
-    figs = plots.make_figures(model, ds, history, [0.1 * j for j in range(6)], response, 1.0,
-                              FiguresConfig(traversal_dims=3), gmm, 0, torch.device("cpu"))
+    figs = plots.make_figures(model, ds, history, steps, [0.1 * j for j in range(6)], response, 1.0, 0.0, 10.0,
+                              FiguresConfig(traversal_dims=3), lambda n, g: density.sample(gmm, n, g),
+                              samplers.describe(gmm), brightness_judge, 0, torch.device("cpu"))
     assert set(figs) == {stem for stem, _ in report.FIGURES}
     assert "z ~ N(0, I)" in figs["prior_samples"]._suptitle.get_text()
-    assert "ex-post sampler (3-component mixture" in figs["sampler_samples"]._suptitle.get_text()
+    assert "ex-post sampler (3-component Gaussian mixture" in figs["sampler_samples"]._suptitle.get_text()
     ax = figs["interpolation_test"].axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert len(labels) == 12 and labels[0].endswith("(input)") and labels[0].split("\n")[0] != labels[-1].split("\n")[0]
@@ -122,10 +192,17 @@ def row(beta, rate=100.0, psnr_db=21.0, fcd=40.0, tc=2.0, factor=0.3, r2=0.5, pr
               "factor_score": factor, "factor_r2": r2, "probe_accuracy": probe, "active_units_0p01": au,
               "active_units_0p1": au // 2,
               **{f"factor_score_{f}": factor for f in tables.FACTORS}, **{f"factor_r2_{f}": r2 for f in tables.FACTORS}}
+    # Both samplers and their ceiling, each with its own numbers; sampler_* repeats the diffusion prior's.
+    for prefix, scale in (("mixture_", 1.1), ("diffusion_", 1.0), ("ceiling_", 0.7)):
+        values |= {prefix + k.removeprefix("sampler_"): scale * v for k, v in values.items()
+                   if k.startswith("sampler_")}
+        values |= {f"audit_{prefix}" + k.removeprefix("audit_sampler_"): scale * v for k, v in values.items()
+                   if k.startswith("audit_sampler_")}
     out = {"beta": beta, "tag": f"{beta:g}", "latent_dim": 64, "active_units": au, "train_minutes": 10.0,
            "iw_samples": 64, "iw_images": 1000, "tc_batch_size": 2000, "tc_sampled": rate - 7.0,
            "tc_sampled_self_weight": 0.99, "kl_dims_sum_nats": rate, "kid": 0.04, "kid_std": 0.001,
-           "sampler_kid": 0.03, "recon_kid": 0.02, "n_samples": 10000, "n_test_images": 10000, "bootstrap_reps": 200}
+           "sampler_kid": 0.03, "mixture_kid": 0.033, "diffusion_kid": 0.03, "ceiling_kid": 0.021, "recon_kid": 0.02,
+           "sampler_kind": "diffusion", "n_samples": 10000, "n_test_images": 10000, "bootstrap_reps": 200}
     for key, v in values.items():
         out |= {key + end: x for end, x in ci(v, abs(v) * half).items()}
     return out
@@ -194,17 +271,18 @@ def test_render_tables_show_every_beta_value_and_interval_from_the_input():
     assert list(quality)[0] == "real train images (reference)"
     assert quality["real train images (reference)"]["FCD ↓"] == f"{REFERENCE['real_fcd']:.2f}"
     for beta, r in by_beta.items():
-        for prefix, what in (("", "z ~ N(0, I) decoded"), ("sampler_", "ex-post sampler"),
-                             ("recon_", "reconstructions")):
+        for prefix, what in tables.IMAGE_SETS:
             t = quality[f"β = {beta:g}: {what}"]
             assert t["FCD ↓"] == shown(r, f"{prefix}fcd", "{:.2f}") and t["KID ↓"] == f"{r[prefix + 'kid']:.3f}"
     # The audit's table: no real-image row without the audit's metrics; a key the row lacks shows the mark.
     audit = {t["images"]: t for t in md_table(md, "audit FCD ↓")}
     assert "real train images (reference)" not in audit
-    t = audit["β = 1: ex-post sampler"]
-    assert t["audit FCD ↓"] == shown(by_beta[1], "audit_sampler_fcd", "{:.2f}")
+    t = audit["β = 1: diffusion sampler"]
+    assert t["audit FCD ↓"] == shown(by_beta[1], "audit_diffusion_fcd", "{:.2f}")
     assert t["audit KID ↓"] == claims.MISSING
-    assert t["sharpness ratio (real = 1)"] == shown(by_beta[1], "sampler_sharpness_ratio", "{:.3f}")
+    assert t["sharpness ratio (real = 1)"] == shown(by_beta[1], "diffusion_sharpness_ratio", "{:.3f}")
+    assert audit["β = 1: mixture sampler"]["audit FCD ↓"] == shown(by_beta[1], "audit_mixture_fcd", "{:.2f}")
+    assert audit["β = 1: z ~ N(0, I) decoded"]["audit FCD ↓"] == shown(by_beta[1], "audit_fcd", "{:.2f}")
     assert audit["β = 5: reconstructions"]["audit confidence ↑"] == claims.MISSING
     with_audit = report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS,
                                audit_reference={**REFERENCE, "real_fcd": 0.7})
@@ -437,10 +515,12 @@ def test_figures_of_a_flow_prior_model_decode_noise_through_the_flow():
     assert torch.equal(sample_uint8(model, e), decode_uint8(model, model.codes(e)))
     assert not torch.equal(sample_uint8(model, e), decode_uint8(model, e))
     g = torch.Generator().manual_seed(0)
-    ds, history = figure_inputs(g)
+    ds, history, steps = figure_inputs(g)
     response = pd.DataFrame({"dim": range(6), "brightness": [1.0] * 6})
     gmm = density.fit_gmm(torch.randn(50, 6, generator=g), 2, 5)
-    figs = plots.make_figures(model, ds, history, [0.1] * 6, response, 1.0, FiguresConfig(traversal_dims=2),
-                              gmm, 0, torch.device("cpu"))
+    figs = plots.make_figures(model, ds, history, steps, [0.1] * 6, response, 1.0, 0.0, 10.0,
+                              FiguresConfig(traversal_dims=2),
+                              lambda n, g: density.sample(gmm, n, g), "a mixture", brightness_judge, 0,
+                              torch.device("cpu"))
     assert "z = f(e), e ~ N(0, I)" in figs["prior_samples"]._suptitle.get_text()
     assert "prior flow" in figs["interpolation_prior"]._suptitle.get_text()

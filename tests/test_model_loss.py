@@ -9,7 +9,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.loss import bits_per_dim, gaussian_nll, kl_normal, logistic_nll, vae_loss
-from vaelab.model import VAE, Codec, reparameterize
+from vaelab.codec import Codec
+from vaelab.model import VAE, reparameterize
 from vaelab.params import ModelConfig
 from vaelab.precision import count_parameters
 

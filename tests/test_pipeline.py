@@ -126,8 +126,10 @@ def test_dvc_repro_end_to_end(small_repo):
         assert not any(k.startswith(("gmm_", "tau_")) for k in ev)
     for section in ("## Likelihood and reconstruction", "## Sample quality", "## Organisation of the latent space",
                     "| real train images (reference) |", "(comparison/rate_distortion.png)",
-                    "(comparison/traversals.png)", "| β = 5: z ~ N(0, I) decoded |", "| β = 1: ex-post sampler |",
-                    "figures/beta_5/sampler_samples.png)", "| rotation, β = 1 |"):
+                    "(comparison/traversals.png)", "(comparison/training_curves.png)", "| β = 5: z ~ N(0, I) decoded |",
+                    "| β = 1: diffusion sampler |", "| β = 1: mixture sampler |",
+                    "| β = 1: ceiling: held-out training codes decoded |", "figures/beta_5/sampler_samples.png)",
+                    "figures/beta_1/interpolation_sampler.png)", "| rotation, β = 1 |"):
         assert section in md, section
     # The β sweep and the control study: one point per beta (and seed), every interval holding its estimate.
     sweep = json.loads((repo / "metrics" / "sweep.json").read_text())
@@ -186,11 +188,17 @@ def test_dvc_repro_end_to_end(small_repo):
     generator = tracking.load_model(registered["model_uri"], uri)
     images = generator(torch.randn(4, generator.latent_dim))
     assert images.shape == (4, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
-    from vaelab import density, storage
+    from vaelab import samplers, storage
 
-    state, _ = storage.load_state(repo / "models" / "sampler" / "beta_1" / "sampler.pt")
-    torch.testing.assert_close(generator.sampler.means, density.GaussianMixture(**state).means)
+    # The registered model draws from the sampler of sampling.prior (the diffusion prior), sampler.pt.
+    state, meta = storage.load_state(repo / "models" / "sampler" / "beta_1" / "sampler.pt")
+    assert meta["kind"] == samplers.kind(generator.sampler) == "diffusion"
+    torch.testing.assert_close(generator.sampler.state_dict(), state)
     assert generator.sample(3, torch.Generator().manual_seed(0)).shape == (3, 3, 32, 32)
+    # evaluate judged both samplers and the ceiling, and names the one every consumer draws from.
+    ev = json.loads((repo / "metrics" / "betas" / "beta_1" / "eval.json").read_text())
+    assert ev["sampler_kind"] == "diffusion" and ev["sampler_fcd"] == ev["diffusion_fcd"] != ev["mixture_fcd"]
+    assert ev["audit_sampler_fcd"] == ev["audit_diffusion_fcd"] and ev["ceiling_images"] == 100
 
     # Model Registry: one version per beta under one name, alias beta-<beta> on the version of that beta's run;
     # the run description names beta, epochs, data size and the final bits/dim.
@@ -236,33 +244,34 @@ def test_dvc_repro_end_to_end(small_repo):
 
 
 @pytest.mark.slow
-def test_the_notebook_executes_against_a_pipeline_run(small_repo, tmp_path):
-    """The notebook handed in with the assignment runs top to bottom against this module's reproduced copy,
-    right after the end-to-end run (before later tests change its params)."""
+def test_the_notebook_stage_executes_the_hand_in_against_the_run(small_repo):
+    """Stage `notebook` ran the hand-in top to bottom against this module's reproduced copy (RUN = "none") and
+    wrote it with every output: an output under every code cell, the five items, and the β table's numbers equal to
+    the metrics files of this run."""
     import nbformat
-    from nbclient import NotebookClient
 
-    reproduced_repo = small_repo
-    _reproduced(reproduced_repo, _env(reproduced_repo))
-
-    nb = nbformat.read(REPO / "notebooks" / "beta_vae_cifar10.ipynb", as_version=4)
-    first = next(c for c in nb.cells if c.cell_type == "code")
-    first.source = first.source.replace('RUN = "trial"', 'RUN = "none"')  # the run is already there
-    os.environ["VAELAB_REPO"] = str(reproduced_repo)
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        os.environ.pop("VAELAB_REPO")
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    repo = small_repo
+    _reproduced(repo, _env(repo))
+    nb = nbformat.read(repo / layout.NOTEBOOK_EXECUTED, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.outputs for c in code), [c.source[:40] for c in code if not c.outputs]
+    assert 'RUN = "none"' in code[0].source
+    outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/markdown", ""))
                      + str(o.get("text", "")) for o in outputs)
     html = "\n".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert "class Encoder" in html + text and "def vae_loss" in html + text  # 1: the source
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 2 * 5 + 1  # 2-4: curves, two grids and two interpolations per beta; the traversals
+    # 2-4: the overlaid curves; per beta its curves, two grids and three interpolations; the traversals
+    assert len(images) >= 1 + 2 * 6 + 1
     assert "Along the sweep (β = 1 to 64" in text  # 5: the summary, an analysis of β once a sweep ran
-    assert "sampler_fcd" in html + text and "models:/cifar10-vae@beta-1" in text  # the table and the MLflow links
+    assert "models:/cifar10-vae@beta-1" in text  # the MLflow links
+    table = next(c for c in code if "sampler_fcd" in c.source).outputs[0]["data"]["text/plain"]
+    for beta in (1, 5):
+        ev = json.loads((repo / "metrics" / "betas" / f"beta_{beta}" / "eval.json").read_text())
+        row = next(line for line in table.splitlines() if line.split()[:1] == [str(beta)])
+        assert [float(v) for v in row.split()[1:4]] == [round(ev[k], 3) for k in ("test_bpd", "rate_nats", "test_psnr")]
 
 
 @pytest.mark.slow
@@ -274,19 +283,29 @@ def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one
     repo = small_repo
     env = _env(repo)
     _reproduced(repo, env)
-    path = repo / "models" / "sampler" / "beta_1" / "sampler.pt"
-    state, settings = storage.load_state(path)
-    assert settings["components"] == len(state["weights"]) == 10
+    folder = repo / "models" / "sampler" / "beta_1"
+    state, settings = storage.load_state(folder / "alternative.pt")  # the mixture, judged beside the prior
+    assert settings["kind"] == "mixture" and settings["components"] == len(state["weights"]) == 10
     assert settings["model_md5"] == storage.weights_md5(repo / "models" / "beta_1" / "model.pt")
-    original = path.read_bytes()
+    prior_state, prior_settings = storage.load_state(folder / "sampler.pt")  # what every consumer draws from
+    assert prior_settings["kind"] == "diffusion" and prior_settings["diffusion"]["train_steps"] == 20
+    originals = {p: p.read_bytes() for p in folder.glob("*.pt")}
     try:
-        storage.save_state(path, state, {**settings, "components": 3})
+        storage.save_state(folder / "alternative.pt", state, {**settings, "components": 3})
+        r = subprocess.run([sys.executable, "-m", "vaelab.stages.evaluate", "--beta", "1"], cwd=repo, env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "dvc repro sampler@1" in r.stderr and "'components': 3" in r.stderr, r.stderr
+        (folder / "alternative.pt").write_bytes(originals[folder / "alternative.pt"])
+        storage.save_state(folder / "sampler.pt", prior_state,
+                           {**prior_settings, "diffusion": {**prior_settings["diffusion"], "train_steps": 3}})
         for stage in ("figures", "evaluate"):
             r = subprocess.run([sys.executable, "-m", f"vaelab.stages.{stage}", "--beta", "1"], cwd=repo, env=env,
                                capture_output=True, text=True)
-            assert r.returncode == 2 and "dvc repro sampler@1" in r.stderr and "'components': 3" in r.stderr, r.stderr
+            assert r.returncode == 2 and "dvc repro sampler@1" in r.stderr and "differs in diffusion" in r.stderr, \
+                r.stderr
     finally:
-        path.write_bytes(original)
+        for p, data in originals.items():
+            p.write_bytes(data)
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaelab import claims, data, density, layout, plots, storage
-from vaelab.model import Codec, load_model
+from vaelab import claims, data, layout, plots, samplers, storage
+from vaelab.codec import Codec
+from vaelab.model import load_model
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 RESIZE_NOTE = "images of any size or mode are converted to RGB and resized to 32x32 (bicubic; aspect ratio not kept)"
@@ -94,11 +95,11 @@ def load_codec(model: str, tracking_uri: str | None = None, sampler: Path | None
         return codec.eval()
     try:
         vae, _ = load_model(model)
-        gmm = None
+        fitted = None
         if sampler is not None:
             try:
-                gmm = density.load_fitted(sampler, storage.weights_md5(model))
-            except density.StaleSamplerError:
+                fitted = samplers.load(sampler, storage.weights_md5(model))
+            except samplers.StaleSamplerError:
                 raise CLIError(f"{sampler} was fitted to another model's codes than {model}'s; run dvc repro") from None
     except FileNotFoundError as e:
         raise CLIError(str(e)) from None
@@ -108,7 +109,7 @@ def load_codec(model: str, tracking_uri: str | None = None, sampler: Path | None
         # torch's unpickling errors run to a dozen lines: their first sentence names the problem.
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
         raise CLIError(f"{model} is not a model file saved by the train stage ({type(e).__name__}: {first})") from None
-    return Codec(vae, gmm).eval()
+    return Codec(vae, fitted).eval()
 
 
 def read_images(paths: Sequence[str]) -> torch.Tensor:

@@ -5,25 +5,12 @@ sampling runs the deterministic DDIM update (Song et al. 2021) over a few tens o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The denoiser's size, its training and its sampling."""
-
-    hidden: int = 512  # width of the residual MLP
-    blocks: int = 4  # residual blocks
-    timesteps: int = 1000  # noise levels of the forward process
-    train_steps: int = 4000  # optimiser steps of the fit
-    batch_size: int = 512
-    lr: float = 1e-3
-    sample_steps: int = 50  # DDIM steps at sampling, spread evenly over the timesteps
-    temperature: float = 1.0  # the starting noise's standard deviation (< 1: fewer, more typical samples)
+from vaelab.params import DiffusionConfig
 
 
 def cosine_alpha_bar(timesteps: int, s: float = 0.008) -> torch.Tensor:

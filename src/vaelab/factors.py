@@ -9,7 +9,10 @@ the concentration score is share_(1) - share_(2), the gap between the most and s
 Readability is the held-out R^2 of a ridge regression that reads the factor's level from the change of the code,
 mu(T(x)) - mu(x): 1 when the code moves along a consistent direction by an amount that tells the level, 0 when the
 level cannot be read linearly from the change. (From mu(T(x)) alone the level of a shift or a rotation is not
-identifiable at all: the unchanged image is unknown.)
+identifiable at all: the unchanged image is unknown.) A binary factor (one level besides the identity: the flip)
+moves the code by a change whose sign depends on the image, so no linear function of the signed change reads it;
+its level is read by a logistic regression on |mu(T(x)) - mu(x)|, scored by the same held-out R^2 of its predicted
+probabilities (1 - Brier score / variance of the level).
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ class Factor:
 
     identity: float
     levels: tuple[tuple[float, Transform], ...]
+
+    @property
+    def binary(self) -> bool:
+        """One level besides the identity: read from the size of the change, not its sign."""
+        return len(self.levels) == 1
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -140,13 +148,40 @@ def ridge_r2(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
     return torch.stack([(pred - test_y.double()).pow(2), (test_y.double() - test_y.double().mean()).pow(2)])
 
 
+def logistic_r2(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                l2: float = 1.0, iterations: int = 50) -> torch.Tensor:
+    """Squared errors of the predicted probabilities and squared deviations (each (M,)) of an L2-penalised logistic
+    regression of a 0/1 label y on standardised x (N, D), fitted by Newton's method on the train rows and applied
+    to the test rows: R^2 = 1 - sum(err) / sum(dev) (Efron's pseudo-R^2, 1 - Brier score / variance)."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    a = torch.cat([((train_x - mean) / std).double(), torch.ones(len(train_x), 1, dtype=torch.float64)], 1)
+    b = torch.cat([((test_x - mean) / std).double(), torch.ones(len(test_x), 1, dtype=torch.float64)], 1)
+    y = train_y.double()
+    penalty = l2 * torch.eye(a.shape[1], dtype=a.dtype)
+    penalty[-1, -1] = 0.0  # the intercept is not penalised
+    w = torch.zeros(a.shape[1], dtype=a.dtype)
+    for _ in range(iterations):
+        p = torch.sigmoid(a @ w)
+        grad = a.T @ (p - y) + penalty @ w
+        hess = (a * (p * (1 - p))[:, None]).T @ a + penalty
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    pred = torch.sigmoid(b @ w)
+    return torch.stack([(pred - test_y.double()).pow(2), (test_y.double() - test_y.double().mean()).pow(2)])
+
+
 def _readout_errors(base: torch.Tensor, changed: list[torch.Tensor], factor: Factor, l2: float) -> torch.Tensor:
-    """Ridge regression of the factor's level on the change of mu, fitted on the first half of the images (every
-    level, the unchanged image included) and applied to the other half: per held-out image, the squared errors and
-    squared deviations summed over its levels, (2, M)."""
+    """The factor's level read from the change of mu (a ridge regression; for a binary factor a logistic
+    regression on the size of the change), fitted on the first half of the images (every level, the unchanged
+    image included) and applied to the other half: per held-out image, the squared errors and squared deviations
+    summed over its levels, (2, M)."""
     n = len(base)
     half = n // 2
     codes = [torch.zeros_like(base), *(c - base for c in changed)]  # (N, D) each: the change of the code
+    if factor.binary:
+        codes = [c.abs() for c in codes]
     values = [factor.identity, *(v for v, _ in factor.levels)]
 
     def xs(rows: torch.Tensor) -> torch.Tensor:
@@ -156,7 +191,11 @@ def _readout_errors(base: torch.Tensor, changed: list[torch.Tensor], factor: Fac
         return torch.cat([torch.full((len(rows),), v, dtype=torch.float64) for v in values])
 
     train_rows, test_rows = torch.arange(half), torch.arange(half, n)
-    sq = ridge_r2(xs(train_rows), ys(train_rows), xs(test_rows), ys(test_rows), l2)  # (2, L * M)
+    if factor.binary:  # the level as a 0/1 label: the identity's value is 0, the other level's 1
+        label = lambda rows: (ys(rows) != factor.identity).double()  # noqa: E731
+        sq = logistic_r2(xs(train_rows), label(train_rows), xs(test_rows), label(test_rows), l2)  # (2, 2 * M)
+    else:
+        sq = ridge_r2(xs(train_rows), ys(train_rows), xs(test_rows), ys(test_rows), l2)  # (2, L * M)
     return sq.view(2, len(values), n - half).sum(1)
 
 

@@ -22,6 +22,9 @@ REFERENCE = Path("metrics") / "reference.json"
 # Each stage's own wall time (metrics/timings/<stage>.json, stage as DVC names it: train@1) and their sum.
 TIMINGS_DIR = Path("metrics") / "timings"
 TIMINGS = Path("metrics") / "timings.json"
+# The hand-in notebook and its copy executed by stage `notebook` against the run (every output embedded).
+NOTEBOOK = Path("notebooks") / "beta_vae_cifar10.ipynb"
+NOTEBOOK_EXECUTED = Path("reports") / "beta_vae_cifar10.ipynb"
 PERFORMANCE_DOC = Path("docs") / "performance.md"
 
 
@@ -106,7 +109,13 @@ class BetaPaths(ModelFolder):
 
     @property
     def sampler(self) -> Path:
+        # The sampler of params sampling.prior, which every consumer draws from ...
         return self.sampler_dir / "sampler.pt"
+
+    @property
+    def alternative_sampler(self) -> Path:
+        # ... and the other kind, fitted to the same codes and judged beside it (the ablation).
+        return self.sampler_dir / "alternative.pt"
 
     @property
     def registered(self) -> Path:
@@ -130,6 +139,11 @@ class BetaPaths(ModelFolder):
     @property
     def history(self) -> Path:
         return self.metrics_dir / "history.csv"
+
+    @property
+    def steps(self) -> Path:
+        # The per-step training curve: every weighted term of the objective, the learning rate, the decoder's σ̂.
+        return self.metrics_dir / "steps.csv"
 
     @property
     def train_metrics(self) -> Path:

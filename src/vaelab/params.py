@@ -101,9 +101,11 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast where the hardware computes bf16 (CUDA, AVX512-BF16/AMX CPUs); else float32
     threads: int = 0  # torch intra-op threads per process, 0 = the cores shared out over the processes
     processes: int = 1  # data-parallel processes (torchrun, DDP); the global batch stays batch_size
+    log_every: int = 50  # steps per row of the per-step training curve (each term's mean over those steps)
 
     def __post_init__(self) -> None:
         _check(len(self.betas) >= 1, "train.betas", "must list at least one beta")
+        _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         for b in self.betas:
             _check(math.isfinite(b) and b > 0, "train.betas", f"every beta must be a finite number > 0, got {b}")
         _check(len(set(self.betas)) == len(self.betas), "train.betas", f"has duplicates: {list(self.betas)}")
@@ -147,10 +149,12 @@ class EvaluateConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     bootstrap: int = 200  # resamples of the test images behind every 95% interval
+    copy_images: int = 2000  # sampler images checked against their nearest training images (quality.copy_check)
 
     def __post_init__(self) -> None:
         for key, least in (("batch_size", 1), ("iw_samples", 1), ("tc_batch_size", 2), ("probe_steps", 1),
-                           ("n_samples", 2), ("kid_subsets", 1), ("kid_subset_size", 2), ("bootstrap", 2)):
+                           ("n_samples", 2), ("kid_subsets", 1), ("kid_subset_size", 2), ("bootstrap", 2),
+                           ("copy_images", 2)):
             _check(getattr(self, key) >= least, f"evaluate.{key}", f"must be >= {least}, got {getattr(self, key)}")
         _check(len(self.active_thresholds) >= 1 and all(t > 0 for t in self.active_thresholds),
                "evaluate.active_thresholds", f"must list thresholds > 0, got {list(self.active_thresholds)}")
@@ -174,14 +178,71 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """The ex-post sampler (stage sampler@<beta>): a density fitted to the training codes once, which every sample
-    grid, judged sample set, the CLI and the registered MLflow model draw from."""
+class DiffusionConfig:
+    """The learned prior over codes (vaelab.diffusion): the denoiser's size, its fit and its sampling."""
 
-    gmm_components: int = 10  # full-covariance Gaussian mixture fitted to the training codes mu (Ghosh et al. 2020)
-    gmm_iterations: int = 100  # EM iterations at most
+    hidden: int = 256  # width of the residual MLP
+    blocks: int = 3  # residual blocks
+    timesteps: int = 1000  # noise levels of the forward process
+    train_steps: int = 6000  # optimiser steps of the fit
+    batch_size: int = 256
+    lr: float = 1e-3
+    sample_steps: int = 50  # DDIM steps at sampling, spread evenly over the timesteps
+    temperature: float = 1.0  # the starting noise's standard deviation (< 1: fewer, more typical samples)
 
     def __post_init__(self) -> None:
+        for name in ("hidden", "blocks", "timesteps", "train_steps", "batch_size", "sample_steps"):
+            _check(getattr(self, name) >= 1, f"sampling.diffusion.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.sample_steps <= self.timesteps, "sampling.diffusion.sample_steps",
+               f"must be <= timesteps ({self.timesteps}), got {self.sample_steps}")
+        _check(self.lr > 0, "sampling.diffusion.lr", f"must be > 0, got {self.lr}")
+        _check(0 < self.temperature <= 2, "sampling.diffusion.temperature",
+               f"must be in (0, 2], got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """The patch adversarial fine-tune of the decoder (vaelab.adversarial): its discriminator and its schedule."""
+
+    disc_widths: tuple[int, ...] = (64, 128, 256)  # discriminator convolutions: 32 -> 16 -> 8 pixels, then 8x8 logits
+    steps: int = 2000  # optimiser steps of the fine-tune (decoder and discriminator one step each)
+    batch_size: int = 128
+    lr: float = 1e-4  # the decoder's learning rate (Adam, β = (0.5, 0.9) as in VQGAN)
+    disc_lr: float = 1e-4
+    disc_start: int = 500  # steps of the discriminator alone before its term reaches the decoder (VQGAN's warm-up)
+    disc_weight: float = 0.5  # the adversarial term's weight on top of the adaptive λ
+    lambda_max: float = 1e4  # the adaptive λ is clamped to [0, lambda_max]: it explodes when ∇L_G vanishes
+    augment_px: int = 2  # random translation of D's inputs, real and fake alike (DiffAugment); 0 = off
+
+    def __post_init__(self) -> None:
+        _check(len(self.disc_widths) == 3 and all(w >= 1 for w in self.disc_widths), "adversarial.disc_widths",
+               f"must list 3 widths >= 1, got {list(self.disc_widths)}")
+        for key in ("steps", "batch_size"):
+            _check(getattr(self, key) >= 1, f"adversarial.{key}", f"must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "disc_lr", "lambda_max"):
+            _check(getattr(self, key) > 0, f"adversarial.{key}", f"must be > 0, got {getattr(self, key)}")
+        _check(0 <= self.disc_start < self.steps, "adversarial.disc_start", f"must be in [0, steps), got {self.disc_start}")
+        _check(self.disc_weight >= 0, "adversarial.disc_weight", f"must be >= 0, got {self.disc_weight}")
+        _check(0 <= self.augment_px <= 8, "adversarial.augment_px", f"must be in 0..8, got {self.augment_px}")
+
+
+SAMPLERS = ("mixture", "diffusion")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The ex-post samplers (stage sampler@<beta>): densities fitted to the training codes once; every sample grid,
+    judged sample set, the CLI and the registered MLflow model draw from the one named by `prior`."""
+
+    prior: str = "diffusion"  # what every consumer draws from: mixture | diffusion (both are fitted and judged)
+    holdout: int = 10000  # training images kept out of both fits: their decoded codes are the ceiling set
+    gmm_components: int = 10  # full-covariance Gaussian mixture fitted to the training codes mu (Ghosh et al. 2020)
+    gmm_iterations: int = 100  # EM iterations at most
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.prior in SAMPLERS, "sampling.prior", f"must be one of {SAMPLERS}, got {self.prior!r}")
+        _check(0 <= self.holdout <= 40_000, "sampling.holdout", f"must be in 0..40000, got {self.holdout}")
         _check(1 <= self.gmm_components <= 1000, "sampling.gmm_components", f"must be in 1..1000, got "
                f"{self.gmm_components}")
         _check(self.gmm_iterations >= 1, "sampling.gmm_iterations", f"must be >= 1, got {self.gmm_iterations}")

@@ -1,7 +1,7 @@
 """Figures as matplotlib Figures: training curves, labelled image tables, and every figure of one model."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -12,25 +12,91 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from vaelab import data, density  # noqa: E402
+from vaelab import data, quality  # noqa: E402
 from vaelab.metrics import decode_uint8, encode, sample_uint8  # noqa: E402
 from vaelab.model import VAE  # noqa: E402
 from vaelab.params import FiguresConfig  # noqa: E402
 
-CURVES = (("loss", "loss = recon + β·KL (nats)"), ("recon", "recon −log p(x|z) (nats)"),
-          ("kl", "KL (nats)"), ("bpd", "negative ELBO (bits/dim)"))
+# The weighted parts of the objective as steps.csv names them, with their labels; they sum to the loss.
+OBJECTIVE_LABELS = (("recon", "reconstruction −log p(x|z)"), ("perceptual_term", "λ_p·D_feat (perceptual)"),
+                    ("kl_term", "β·KL(q(z|x) ‖ p(z))"), ("mmd_term", "MMD term"))
 
 
-def training_curves(history: pd.DataFrame, title: str) -> plt.Figure:
-    """2x2 panels of train and test loss, reconstruction, KL and bits/dim against epoch."""
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6), constrained_layout=True)
-    for ax, (key, label) in zip(axes.flat, CURVES):
-        for split, style in (("train", "-o"), ("test", "--s")):
-            ax.plot(history["epoch"], history[f"{split}_{key}"], style, ms=3, label=split)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("epoch")
+def _epoch_steps(steps: pd.DataFrame) -> dict[int, int]:
+    """The global step at which each epoch ended (the per-step rows at whole epochs)."""
+    ends = steps[(steps["epoch"] - steps["epoch"].round()).abs() < 1e-9]
+    return {int(round(e)): int(st) for e, st in zip(ends["epoch"], ends["step"])}
+
+
+def training_curves(history: pd.DataFrame, steps: pd.DataFrame, beta: float, perceptual_weight: float,
+                    mmd_weight: float, title: str) -> plt.Figure:
+    """2x2 panels against the training step: each weighted term of the objective and their sum (train, per
+    logged window of steps; test, per epoch), bits/dim (train and test per epoch), the decoder's σ̂ and the
+    learning rate. Terms that are zero throughout (no perceptual or MMD term) are left out."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    at = _epoch_steps(steps)
+    line = "-" if len(steps) >= 30 else ".-"  # few logged rows (a short run): show each point
+    test_x = [at[int(e)] for e in history["epoch"]]
+    # The test set's weighted terms, from its unweighted ones: the same sum as the training loss.
+    test_parts = {"recon": history["test_recon"], "perceptual_term": perceptual_weight * history["test_perceptual"],
+                  "kl_term": beta * history["test_kl"], "mmd_term": mmd_weight * history["test_mmd"]}
+    ax = axes[0][0]
+    ax.plot(steps["step"], steps["loss"], line, color="black", lw=2, label="total loss (sum of the terms)")
+    ax.plot(test_x, history["test_loss"], "s", color="black", ms=5, mfc="none", label="test, per epoch")
+    for i, (key, label) in enumerate(OBJECTIVE_LABELS):
+        if not (steps[key].abs() > 0).any():
+            continue
+        colour = f"C{i}"
+        ax.plot(steps["step"], steps[key], line, color=colour, label=label)
+        ax.plot(test_x, test_parts[key], "s", color=colour, ms=5, mfc="none")
+    drawn = [y for ln in ax.get_lines() for y in ln.get_ydata()]
+    # Log scale where every drawn value is positive (an MMD estimate can be negative: then symmetric log).
+    ax.set_yscale("log") if min(drawn) > 0 else ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_title("Objective per image (nats): train per logged steps, test (□) per epoch", fontsize=10)
+    ax.set_ylabel("nats per image (log scale)")
+    ax.legend(fontsize=7)
+    ax = axes[0][1]
+    ax.plot(test_x, history["train_bpd"], "-o", ms=3, label="train (epoch mean)")
+    ax.plot(test_x, history["test_bpd"], "--s", ms=3, label="test")
+    ax.set_title("Negative ELBO (bits/dim)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[1][0]
+    if steps["sigma"].notna().any():
+        ax.plot(steps["step"], steps["sigma"], line, color="C4")
+        ax.set_title("Decoder σ̂ ([-1, 1] pixel scale)", fontsize=10)
+    else:
+        ax.text(0.5, 0.5, "σ is predicted per pixel: no single σ̂", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("Decoder σ̂", fontsize=10)
+    ax = axes[1][1]
+    ax.plot(steps["step"], steps["lr"], line, color="C5")
+    ax.set_title("Learning rate (warm-up, then cosine decay)", fontsize=10)
+    for ax in axes.flat:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def training_curves_by_beta(curves: dict[float, tuple[pd.DataFrame, pd.DataFrame]], title: str) -> plt.Figure:
+    """Every β overlaid: the training loss and its β·KL term per logged steps, the decoder's σ̂, and test bits/dim
+    per epoch. `curves` maps β to its (history, steps)."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), constrained_layout=True)
+    for i, (beta, (history, steps)) in enumerate(sorted(curves.items())):
+        colour, label = f"C{i}", f"β = {beta:g}"
+        line = "-" if len(steps) >= 30 else ".-"  # few logged rows (a short run): show each point
+        axes[0].plot(steps["step"], steps["loss"], line, color=colour, label=label)
+        axes[1].plot(steps["step"], steps["kl_term"], line, color=colour, label=label)
+        axes[2].plot(steps["step"], steps["sigma"], line, color=colour, label=label)
+        at = _epoch_steps(steps)
+        axes[3].plot([at[int(e)] for e in history["epoch"]], history["test_bpd"], "-s", ms=3, color=colour,
+                     label=label)
+    for ax, name in zip(axes, ("training loss (nats, log scale)", "β·KL term (nats)", "decoder σ̂",
+                               "test bits/dim per epoch")):
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
     fig.suptitle(title)
     return fig
 
@@ -148,23 +214,49 @@ def kl_bars(kl_by_beta: Sequence[tuple[float, Sequence[float]]]) -> plt.Figure:
     return fig
 
 
-def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: list[float],
-                 response: pd.DataFrame, beta: float, cfg: FiguresConfig, gmm: density.GaussianMixture, seed: int,
+def class_interpolation(model: VAE, draw: Callable[[int, torch.Generator], torch.Tensor],
+                        classify: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                        names: Sequence[str], steps: int, seed: int, title: str, pool: int = 64) -> plt.Figure:
+    """A transition between classes: of `pool` sampler draws, the one the judge is surest of and the surest one of
+    another class, joined by `steps` decoded codes on a line, the judge's label and confidence under each frame."""
+    z = draw(pool, torch.Generator().manual_seed(seed + 1))  # (pool, z)
+    labels, conf = classify(decode_uint8(model, z))
+    a = int(conf.argmax())
+    other = (labels != labels[a]).nonzero().flatten()
+    b = int(other[conf[other].argmax()]) if len(other) else int(conf.argsort(descending=True)[1])
+    frames = decode_uint8(model, lerp(z[a], z[b], steps))
+    frame_labels, frame_conf = classify(frames)
+    where = (f"between two sampler draws of different judge classes, from a {names[int(labels[a])]} to a "
+             f"{names[int(labels[b])]}" if len(other) else
+             f"between the two sampler draws the judge is surest of (all {pool} draws are one class, "
+             f"{names[int(labels[a])]})")
+    return image_table([frames], f"{title}: {where}; the judge's label and confidence under each frame",
+                       col_labels=[f"{names[int(k)]}\n{c:.2f}" for k, c in zip(frame_labels, frame_conf.tolist())])
+
+
+def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, steps: pd.DataFrame, kl_dims: list[float],
+                 response: pd.DataFrame, beta: float, perceptual_weight: float, mmd_weight: float, cfg: FiguresConfig,
+                 draw: Callable[[int, torch.Generator], torch.Tensor], sampler_name: str,
+                 classify: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], seed: int,
                  device: torch.device) -> dict[str, plt.Figure]:
-    """All figures of one model, keyed by file stem; `gmm` is the ex-post sampler fitted to its training codes.
+    """All figures of one model, keyed by file stem; `history` and `steps` are its per-epoch and per-step curves,
+    `perceptual_weight` and `mmd_weight` the weights it was trained with; `draw(n, generator)` gives n codes (n, z) of the ex-post
+    sampler fitted to its training codes, named `sampler_name` in titles; `classify(images_u8)` gives the judge's
+    class index (N,) and confidence (N,) of uint8 images.
     Prior codes depend only on the seed, so every beta decodes the same z (the report's side-by-side)."""
     g = torch.Generator().manual_seed(seed)
     zdim = model.cfg.latent_dim
     n = cfg.grid_size**2
-    figs = {"training_curves": training_curves(history, f"β = {beta:g}: training curves")}
+    figs = {"training_curves": training_curves(history, steps, beta, perceptual_weight, mmd_weight,
+                                               f"β = {beta:g}: training curves")}
     # With a flow prior the noise e ~ N(0, I) is mapped to codes z = f(e) before decoding.
     flow = model.prior is not None
     noise = "z = f(e), e ~ N(0, I)" if flow else "z ~ N(0, I)"
     z = torch.randn(n, zdim, generator=g)
     figs["prior_samples"] = image_grid(sample_uint8(model, z), cfg.grid_size, f"β = {beta:g}: {n} samples, {noise}")
-    figs["sampler_samples"] = image_grid(decode_uint8(model, density.sample(gmm, n, g)), cfg.grid_size,
+    figs["sampler_samples"] = image_grid(decode_uint8(model, draw(n, g)), cfg.grid_size,
                                          f"β = {beta:g}: {n} samples from the ex-post sampler "
-                                         f"({gmm.components}-component mixture on training μ)")
+                                         f"({sampler_name} on training μ)")
     z1, z2 = torch.randn(2, zdim, generator=g)
     figs["interpolation_prior"] = image_table(
         [sample_uint8(model, lerp(z1, z2, cfg.interp_steps))],
@@ -177,12 +269,14 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
     b = int(next(i for i in order.tolist() if ds.test_y[i] != ds.test_y[a]))
     mu, _ = encode(model, ds.test_x[[a, b]], device)
     names = [ds.label_names[int(ds.test_y[i])] for i in (a, b)]
-    steps = decode_uint8(model, lerp(mu[0], mu[1], cfg.interp_steps))
+    frames = decode_uint8(model, lerp(mu[0], mu[1], cfg.interp_steps))
     figs["interpolation_test"] = image_table(
-        [torch.cat([ds.test_x[[a]], steps, ds.test_x[[b]]])],
+        [torch.cat([ds.test_x[[a]], frames, ds.test_x[[b]]])],
         f"β = {beta:g}: interpolation between the codes of a test {names[0]} and a test {names[1]}",
         col_labels=[f"{names[0]}\n(input)", *[f"{t:.2f}" for t in torch.linspace(0, 1, cfg.interp_steps).tolist()],
                     f"{names[1]}\n(input)"])
+    figs["interpolation_sampler"] = class_interpolation(model, draw, classify, ds.label_names, cfg.interp_steps,
+                                                        seed, f"β = {beta:g}")
     idx = order[: cfg.n_reconstructions]
     mu, _ = encode(model, ds.test_x[idx], device)
     figs["reconstructions"] = image_table(
@@ -204,26 +298,12 @@ def make_figures(model: VAE, ds: data.CIFAR10, history: pd.DataFrame, kl_dims: l
         response, kl_dims, f"β = {beta:g}: where each controlled factor moves the code (share of Σ_j Δμ_j²)")
     # Copies would show as twins: the first samples of the sampler grid above beside their nearest training images.
     k = min(8, n)
-    samples = decode_uint8(model, density.sample(gmm, n, torch.Generator().manual_seed(seed)))[:k]
-    near, dist = nearest_images(samples, ds.train_x)
+    samples = decode_uint8(model, draw(n, torch.Generator().manual_seed(seed)))[:k]
+    near, dist = quality.nearest_images(samples, ds.train_x)
     figs["nearest_neighbours"] = image_table(
         [samples, ds.train_x[near]], f"β = {beta:g}: sampler samples and their nearest training images",
         row_labels=["sample", "nearest training\nimage"], col_labels=[f"RMSE {d:.3f}" for d in dist.tolist()])
     return figs
-
-
-def nearest_images(images: torch.Tensor, pool: torch.Tensor, batch_size: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each uint8 image (K, 3, 32, 32), the index in `pool` (N, 3, 32, 32) of the nearest image by pixel
-    distance, and that distance as the root mean squared difference on the [0, 1] scale: (K,), (K,)."""
-    q = images.flatten(1).double() / 255  # (K, 3072)
-    best = torch.full((len(q),), float("inf"), dtype=torch.float64)
-    arg = torch.zeros(len(q), dtype=torch.long)
-    for start in range(0, len(pool), batch_size):
-        d = torch.cdist(q, pool[start : start + batch_size].flatten(1).double() / 255)  # (K, b)
-        value, index = d.min(1)
-        better = value < best
-        best, arg = torch.where(better, value, best), torch.where(better, index + start, arg)
-    return arg, best / q.shape[1] ** 0.5
 
 
 def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], title: str) -> plt.Figure:

@@ -3,6 +3,8 @@ the entropy of its predicted classes, each headline number with a bootstrap inte
 that stage `reference` (real images scored by the judge and the audit) does not depend on the VAE's code."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
 from vaelab.intervals import bootstrap, with_interval
@@ -90,3 +92,41 @@ def sharpness_ratio(energy: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean high-frequency energy of a set of images over that of reference images (1 = as sharp as real images,
     < 1 = blurrier, > 1 = noisier)."""
     return float(energy.double().mean() / reference.double().mean())
+
+
+def nearest_images(images: torch.Tensor, pool: torch.Tensor, batch_size: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each uint8 image (K, 3, 32, 32), the index in `pool` (N, 3, 32, 32) of the nearest image by pixel
+    distance, and that distance as the root mean squared difference on the [0, 1] scale: (K,), (K,)."""
+    q = images.flatten(1).double() / 255  # (K, 3072)
+    best = torch.full((len(q),), float("inf"), dtype=torch.float64)
+    arg = torch.zeros(len(q), dtype=torch.long)
+    for start in range(0, len(pool), batch_size):
+        d = torch.cdist(q, pool[start : start + batch_size].flatten(1).double() / 255)  # (K, b)
+        value, index = d.min(1)
+        better = value < best
+        best, arg = torch.where(better, value, best), torch.where(better, index + start, arg)
+    return arg, best / q.shape[1] ** 0.5
+
+
+def copy_check(samples_u8: torch.Tensor, train_u8: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],
+               n: int, reps: int, seed: int) -> dict[str, Any]:
+    """Are samples copies of training images? copy_fcd: the Fréchet distance between the features of the first n
+    samples and of their nearest training images (pixel distance); halves_fcd: between two disjoint seeded draws
+    of n training images. Both with 95% bootstrap intervals (pairs resampled together for copy_fcd). Copies give
+    copy_fcd ≈ 0, below two halves of real data; samples_not_copies is True when copy_fcd's interval lies above
+    halves_fcd's."""
+    samples = samples_u8[:n]
+    k = len(samples)
+    if 2 * k > len(train_u8):
+        raise ValueError(f"two halves of {k} images need {2 * k} training images, got {len(train_u8)}")
+    near, _ = nearest_images(samples, train_u8)
+    f_s, f_n = features(samples).double(), features(train_u8[near]).double()
+    perm = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(seed))
+    f_a, f_b = features(train_u8[perm[:k]]).double(), features(train_u8[perm[k:2 * k]]).double()
+    out = with_interval("copy_fcd", frechet_distance(f_s, f_n),
+                        bootstrap(lambda i: frechet_distance(f_s[i], f_n[i]), [len(f_s)], reps, seed))
+    out |= with_interval("halves_fcd", frechet_distance(f_a, f_b),
+                         bootstrap(lambda i, j: frechet_distance(f_a[i], f_b[j]), [len(f_a), len(f_b)], reps, seed))
+    out["samples_not_copies"] = bool(out["copy_fcd_lo"] > out["halves_fcd_hi"])
+    out["copy_images"] = len(samples)
+    return out

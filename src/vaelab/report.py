@@ -9,11 +9,14 @@ from vaelab import claims, tables
 from vaelab.tables import cell
 
 FIGURES = (
-    ("training_curves", "Training curves"),
+    ("training_curves", "Training curves: each weighted term of the objective and their sum, bits/dim, the "
+                        "decoder's σ̂ and the learning rate, against the training step"),
     ("prior_samples", "16 images decoded from z ~ N(0, I)"),
-    ("sampler_samples", "16 images from the ex-post sampler (a mixture fitted to the training codes)"),
+    ("sampler_samples", "16 images from the ex-post sampler (the one params sampling.prior names)"),
     ("interpolation_prior", "Interpolation between two random points of N(0, I)"),
     ("interpolation_test", "Interpolation between the codes of two test images of different classes"),
+    ("interpolation_sampler", "Interpolation between two sampler draws that the judge labels as different classes, "
+                              "its label and confidence under each frame"),
     ("reconstructions", "Reconstructions"),
     ("traversals", "Latent traversals of the highest-KL dimensions"),
     ("factor_response", "Factor response: each controlled factor's share of the change in μ, per dimension"),
@@ -45,14 +48,16 @@ def _samples(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str],
              reference: Mapping[str, Any]) -> list[str]:
     """The sample grids of every beta side by side, interpolations, reconstructions and their headline numbers."""
     measured = "; ".join(
-        f"β = {r['beta']:g}: sampler FCD {cell(r, 'sampler_fcd', '{:.1f}')} (audit "
+        f"β = {r['beta']:g}: {r.get('sampler_kind', 'mixture')} sampler FCD {cell(r, 'sampler_fcd', '{:.1f}')} "
+        f"against its ceiling {cell(r, 'ceiling_fcd', '{:.1f}')} (audit "
         f"{cell(r, 'audit_sampler_fcd', '{:.1f}')}), sharpness {cell(r, 'sampler_sharpness_ratio', '{:.2f}')}; "
-        f"reconstructions: FCD {cell(r, 'recon_fcd', '{:.1f}')}, judge accuracy "
+        f"FCD to their nearest training images {cell(r, 'copy_fcd', '{:.1f}')} (two halves of the training set: "
+        f"{cell(r, 'halves_fcd', '{:.1f}')}); reconstructions: FCD {cell(r, 'recon_fcd', '{:.1f}')}, judge accuracy "
         f"{cell(r, 'recon_judge_accuracy', '{:.3f}')}" for r in rows)
     return [
         "## Samples", "",
-        "Per β: 16 images from the ex-post sampler (a mixture fitted to the codes of the training images by stage "
-        "`sampler`; what the CLI and the registered model draw), 16 decoded from z ~ N(0, I) (the same seeded draws "
+        "Per β: 16 images from the ex-post sampler (fitted to the codes of the training images by stage `sampler`; "
+        "what the CLI and the registered model draw), 16 decoded from z ~ N(0, I) (the same seeded draws "
         "for every β), an interpolation between the codes of two test images, and reconstructions of test images.",
         "",
         "| " + " | ".join(f"β = {r['beta']:g}: {what}" for r in rows for what in ("sampler", "z ~ N(0, I)")) + " |",
@@ -193,6 +198,17 @@ def control_section(study: Mapping[str, Any] | None, figures: str) -> list[str]:
         f"({figures}/traversal_beta_{best}.png)", ""]
 
 
+def _curves(comparison: Mapping[str, str]) -> list[str]:
+    """Every β's training curves overlaid (per-step loss, β·KL and σ̂; test bits/dim per epoch), when drawn."""
+    if "training_curves" not in comparison:
+        return []
+    return ["## Training curves", "",
+            "Every β overlaid against the training step: the loss and its β·KL term (each the mean over "
+            "`train.log_every` steps), the decoder's σ̂ and the test bits/dim per epoch. Each β's own figure below "
+            "draws every weighted term of its objective.", "",
+            f"![Training curves, every β]({comparison['training_curves']})", ""]
+
+
 def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup: Mapping[str, Any],
            reference: Mapping[str, Any], comparison: Mapping[str, str],
            presets: Sequence[Mapping[str, Any]] = (), judge_md5: str = "",
@@ -229,6 +245,7 @@ def render(rows: Sequence[Mapping[str, Any]], figures: Mapping[str, str], setup:
         "## Rate–distortion plane and KL per dimension", "",
         f"![Rate–distortion plane]({comparison['rate_distortion']})", "",
         f"![KL per dimension, sorted, one panel per β]({comparison['kl_per_dim']})", "",
+        *_curves(comparison),
         "## Model and training choices", "", *[f"- {line}" for line in setup["choices"]], "",
     ]
     for r in rows:

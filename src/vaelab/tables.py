@@ -10,7 +10,10 @@ from vaelab.recipes import describe, preset_rows, recipe_changes
 
 FACTORS = ("brightness", "hue", "saturation", "flip", "shift", "vshift", "rotation", "scale")
 # The image sets every beta is scored on: (key prefix, label).
-IMAGE_SETS = (("", "z ~ N(0, I) decoded"), ("sampler_", "ex-post sampler"), ("recon_", "reconstructions"))
+# The samplers' rows are both kinds fitted by stage sampler (the sampler_* keys repeat the one sampling.prior names),
+# beside their ceiling: the codes of training images held out of both fits, decoded.
+IMAGE_SETS = (("", "z ~ N(0, I) decoded"), ("mixture_", "mixture sampler"), ("diffusion_", "diffusion sampler"),
+              ("ceiling_", "ceiling: held-out training codes decoded"), ("recon_", "reconstructions"))
 REAL = "real train images (reference)"
 
 # (key, header, format) of each table, in column order.
@@ -133,7 +136,8 @@ def _audited(r: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The audit network's and the sharpness ratio's numbers of one image set, their prefixes removed."""
     cells = {}
     for k, v in r.items():
-        if k.startswith(f"audit_{prefix}") and (prefix or not k.startswith(("audit_sampler_", "audit_recon_"))):
+        others = tuple(f"audit_{p}" for p, _ in IMAGE_SETS if p) + ("audit_sampler_",)
+        if k.startswith(f"audit_{prefix}") and (prefix or not k.startswith(others)):
             cells[k.removeprefix(f"audit_{prefix}")] = v
         elif k.startswith(f"{prefix}sharpness_ratio"):
             cells[k.removeprefix(prefix)] = v

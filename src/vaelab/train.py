@@ -24,6 +24,24 @@ from vaelab.params import TrainConfig
 from vaelab.precision import autocast
 
 TERMS = ("loss", "recon", "perceptual", "kl", "mmd", "bpd")
+# The objective's parts as they enter the loss, each with its weight (nats per image): their sum is the loss.
+OBJECTIVE = ("recon", "perceptual_term", "kl_term", "mmd_term")
+
+
+def objective_terms(vals: dict[str, float], kl_w: float, cfg: TrainConfig) -> dict[str, float]:
+    """The weighted parts of one step's loss from its named terms: recon, λ_p·D_feat, β·KL (the β of that step,
+    warm-up included) and the MMD term's weight times MMD; they sum to vals["loss"]."""
+    return {"recon": vals["recon"], "perceptual_term": cfg.perceptual_weight * vals["perceptual"],
+            "kl_term": kl_w * vals["kl"], "mmd_term": cfg.mmd_weight * vals["mmd"]}
+
+
+def decoder_sigma(model: nn.Module) -> float:
+    """The Gaussian decoder's σ̂ on the [-1, 1] pixel scale (the mean over channels of a per-channel σ); NaN where
+    the decoder predicts σ per pixel or is logistic."""
+    core = getattr(model, "module", model)
+    if core.cfg.likelihood != "gaussian" or core.cfg.sigma == "pixel":
+        return math.nan
+    return float(core.log_sigma.detach().exp().mean())
 
 
 class NonFiniteLossError(RuntimeError):
@@ -140,7 +158,9 @@ def train(
     """Train `model` on uint8 images and return the per-epoch history (train_* and test_* terms, nats / bits/dim).
 
     `on_epoch(row, state)` is called on rank 0 after every epoch with that epoch's row and the full training
-    state (weights, optimizer, RNG, history: what `resume` takes) for logging and checkpoints. Given a `resume`
+    state (weights, optimizer, RNG, history, and `steps`: the per-step curve, one row per cfg.log_every steps of
+    rank 0's batches with each weighted term of the objective, their sum, the learning rate and the decoder's σ̂;
+    what `resume` takes) for logging and checkpoints. Given a `resume`
     state, training continues after its epoch and ends exactly as an uninterrupted run would (bit-identical on
     CPU). Raises NonFiniteLossError on a NaN/Inf loss, before the optimizer step can spoil the weights.
     With cfg.ema_decay > 0 the per-epoch test terms are those of the weights' moving average, and the model
@@ -163,6 +183,8 @@ def train(
         raise ValueError(f"{len(train_x)} training images give no full batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     history: list[dict[str, float]] = []
+    steps: list[dict[str, float]] = []
+    window = torch.zeros(len(OBJECTIVE) + 1, dtype=torch.float64)  # the running sums of one per-step row
     step, start = 0, 1
     # The moving average is kept in fp32 beside the live weights; it is what gets evaluated and saved.
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
@@ -176,6 +198,7 @@ def train(
             raise ValueError(f"the checkpoint was written by {len(resume['torch_rng'])} processes, not {world_size}")
         set_rng_state(resume["torch_rng"][rank], device)
         history = [dict(r) for r in resume["history"]]
+        steps = [dict(r) for r in resume.get("steps", [])]
         step, start = int(resume["step"]), int(resume["epoch"]) + 1
     model.train()
     for epoch in range(start, cfg.epochs + 1):
@@ -188,8 +211,8 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr
             xb = to_unit(train_x[idx].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-            terms = batch_terms(model, xb, kl_weight(epoch - 1 + i / steps_per_epoch, beta, cfg), cfg, device,
-                                perceptual)
+            kl_w = kl_weight(epoch - 1 + i / steps_per_epoch, beta, cfg)
+            terms = batch_terms(model, xb, kl_w, cfg, device, perceptual)
             vals = {k: terms[k].item() for k in TERMS}
             losses = [vals["loss"]]
             if world_size > 1:
@@ -216,6 +239,16 @@ def train(
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
             step += 1
             sums += torch.tensor([vals[k] for k in TERMS], dtype=torch.float64)
+            parts = objective_terms(vals, kl_w, cfg)
+            window += torch.tensor([parts[k] for k in OBJECTIVE] + [vals["loss"]], dtype=torch.float64)
+            if step % cfg.log_every == 0 or i + 1 == steps_per_epoch:
+                # A row per log_every steps, and one at each epoch's end (the window's mean since the last row).
+                n_window = step - (int(steps[-1]["step"]) if steps else 0)
+                means = (window / n_window).tolist()
+                steps.append({"step": step, "epoch": epoch - 1 + (i + 1) / steps_per_epoch,
+                              **dict(zip(OBJECTIVE, means[:-1])), "loss": means[-1], "lr": lr,
+                              "sigma": decoder_sigma(model)})
+                window.zero_()
             bar.set_postfix(loss=f"{vals['loss']:.1f}", recon=f"{vals['recon']:.1f}", kl=f"{vals['kl']:.1f}",
                             refresh=False)
             bar.update()
@@ -232,7 +265,7 @@ def train(
                                   perceptual=perceptual, perceptual_weight=cfg.perceptual_weight,
                                   rank=rank, world_size=world_size)
         row.update({f"test_{k}": v for k, v in test.items()})
-        row.update({"lr": lr, "epoch_seconds": train_seconds,
+        row.update({"lr": lr, "sigma": decoder_sigma(model), "epoch_seconds": train_seconds,
                     "images_per_second": steps_per_epoch * cfg.batch_size / train_seconds})
         history.append(row)
         rngs = all_rng_states(device, world_size)  # a collective: every rank takes part, rank 0 keeps them
@@ -243,8 +276,8 @@ def train(
                            f"test {row['test_bpd']:.3f} bits/dim, {row['images_per_second']:.0f} img/s")
             if on_epoch is not None:
                 on_epoch(row, {"epoch": epoch, "step": step, "model": core.state_dict(), "optimizer": opt.state_dict(),
-                               "batch_rng": gen.get_state(), "torch_rng": rngs,
-                               "history": history, **({"ema": ema} if ema is not None else {})})
+                               "batch_rng": gen.get_state(), "torch_rng": rngs, "history": history,
+                               "steps": steps, **({"ema": ema} if ema is not None else {})})
     if ema is not None:
         with torch.no_grad():
             torch._foreach_copy_(params, ema)

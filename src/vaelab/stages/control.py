@@ -2,7 +2,6 @@
 (vaelab.control) and log it to MLflow, nested under the study's parent run. Scored by stage control_eval."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -15,18 +14,6 @@ from vaelab.precision import count_parameters
 from vaelab.stages import runtime, study
 
 
-def parse(argv: list[str] | None, cfg: ControlConfig) -> tuple[float, int, ControlPaths]:
-    """`--beta B --seed S`, each checked against control.betas and control.seeds."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--beta", required=True, help="a value listed in params.yaml control.betas")
-    parser.add_argument("--seed", required=True, type=int, help="a value listed in params.yaml control.seeds")
-    args = parser.parse_args(argv)
-    beta = runtime.listed_beta(args.beta, cfg.betas, "control.betas")
-    if args.seed not in cfg.seeds:
-        raise ParamsError(f"--seed {args.seed} is not listed in params.yaml control.seeds {list(cfg.seeds)}")
-    return beta, args.seed, ControlPaths(args.beta, args.seed)
-
-
 def resolved_config(cfg: ControlConfig, beta: float, seed: int, split_seed: int) -> dict:
     """What defines one control model (the lists of betas and seeds excluded)."""
     return {"beta": beta, "seed": seed, "split_seed": split_seed, "test_fraction": cfg.test_fraction,
@@ -37,9 +24,10 @@ def resolved_config(cfg: ControlConfig, beta: float, seed: int, split_seed: int)
 
 def main(argv: list[str] | None = None) -> int:
     params = runtime.load("control")
-    cfg = params.control
     try:
-        beta, seed, paths = parse(argv, cfg)
+        beta, tag, seed = runtime.point_arg(argv, params, __doc__, "control.betas", "control.seeds",
+                                            seed_required=True)
+        paths = ControlPaths(tag, seed)
     except ParamsError as e:
         print(f"control: {e}", file=sys.stderr)
         return 2

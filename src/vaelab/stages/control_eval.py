@@ -117,7 +117,7 @@ def main() -> int:
         figures[f"traversal_beta_{beta:g}.png"] = traversal(models[(beta, first)], point, names, cfg, beta)
     figures["examples.png"] = plots.image_grid(x[:32], 8, "Control set: 32 of the rendered images")
     publish(params, tracking.CONTROL_STUDY, figures, layout.CONTROL_FIGURES, layout.CONTROL_METRICS,
-                  {f"{k}_beta_{row['beta']:g}": row[k] for row in by_beta for k in SCORES})
+            {f"{k}_beta_{row['beta']:g}": row[k] for row in by_beta for k in SCORES})
     print(f"control_eval: best β = {summary['best_beta']:g} (mean MIG {summary['best_mig']:.3f}); "
           f"{layout.CONTROL_METRICS}, {layout.CONTROL_FIGURES}/")
     return 0

@@ -10,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaelab import (classifier, data, density, factors, layout, metrics, network, organisation, quality, storage,
+from vaelab import (classifier, data, factors, layout, metrics, network, organisation, quality, samplers, storage,
                     tracking)
 from vaelab.intervals import bootstrap, mean_interval, with_interval
 from vaelab.loss import bits_per_dim
 from vaelab.model import load_model
 from vaelab.stages import runtime
-from vaelab.stages.sampler import load_sampler
+from vaelab.params import SAMPLERS
+from vaelab.stages.sampler import load_sampler, split_codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,8 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     device = runtime.device()
     model, config = load_model(paths.model, device)
     try:
-        gmm = load_sampler(paths, params)
-    except density.StaleSamplerError as e:
+        fitted = {kind: load_sampler(paths, params, alternative=kind != params.sampling.prior) for kind in SAMPLERS}
+    except samplers.StaleSamplerError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
     bf16 = config["train"]["bf16"]
@@ -89,7 +90,7 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     test_hf = quality.high_frequency_energy(ds.test_x)
 
     def judged(images_u8: torch.Tensor, name: str = "", labels: torch.Tensor | None = None) -> dict[str, float]:
-        """Keys of one image set (name: "", "sampler_" or "recon_"): the judge's <name>fcd, ...; the audit's
+        """Keys of one image set (name: "", "mixture_", "diffusion_", "ceiling_" or "recon_"): the judge's <name>fcd, ...; the audit's
         audit_<name>fcd, ... (its confidence as audit_<name>confidence); <name>sharpness_ratio."""
         out: dict[str, float] = {}
         for role, (net, cfg) in scorers.items():
@@ -114,10 +115,32 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     z = model.codes(torch.randn(ev.n_samples, model.cfg.latent_dim, generator=g))
     m |= judged(decoded(z))
     m["n_samples"] = ev.n_samples
-    # The ex-post sampler, fitted once by sampler@<beta>.
-    m |= judged(decoded(density.sample(gmm, ev.n_samples, g)), "sampler_")
-    m["sampler_components"] = gmm.components
-    timed(f"{ev.n_samples} samples from N(0, I) and from the sampler judged")
+    # The ex-post samplers, fitted once by sampler@<beta>: both judged (mixture_*, diffusion_*), the one every
+    # consumer draws from also as sampler_*.
+    chosen = params.sampling.prior
+    for kind, sampler in fitted.items():
+        images_u8 = decoded(samplers.draw(sampler, ev.n_samples, g))
+        m |= judged(images_u8, f"{kind}_")
+        if kind == chosen:
+            chosen_images = images_u8
+    m |= {"sampler_" + k[len(chosen) + 1:]: v for k, v in list(m.items()) if k.startswith(chosen + "_")}
+    m |= {"audit_sampler_" + k[len(chosen) + 7:]: v for k, v in list(m.items()) if k.startswith(f"audit_{chosen}_")}
+    m["sampler_kind"] = chosen
+    m["sampler_components"] = params.sampling.gmm_components
+    timed(f"{ev.n_samples} samples from N(0, I) and from each sampler judged")
+    # Not copies: the sampler's images against their nearest training images, beside two halves of real data.
+    judge, judge_cfg = scorers["judge"]
+    m |= quality.copy_check(chosen_images, ds.train_x,
+                            lambda x: classifier.predict(judge, x, device, bf16=judge_cfg.bf16)[0],
+                            min(ev.copy_images, len(chosen_images), len(ds.train_x) // 2), reps, seed)
+    timed(f"{m['copy_images']} sampler images checked against their nearest training images")
+    # The ceiling: codes of training images held out of the samplers' fits, decoded. A sampler that drew from the
+    # codes' true distribution would score this; the distance of each sampler from it is the sampler's own error.
+    _, held = split_codes(params, len(ds.train_x))
+    held = held[:ev.n_samples]
+    m |= judged(decoded(train_mu[held]), "ceiling_")
+    m["ceiling_images"] = len(held)
+    timed("ceiling judged")
     n_rec = min(ev.n_samples, n_test)
     m |= judged(decoded(mu[:n_rec]), "recon_", ds.test_y[:n_rec])
     timed("reconstructions judged")
@@ -143,7 +166,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
           f"{m['tc_sampled']:.1f}, self-weight {m['tc_sampled_self_weight']:.2f}), probe {m['probe_accuracy']:.3f}, "
           f"factor score {m['factor_score']:.3f}, readability R² {m['factor_r2']:.3f}; N(0, I): fcd {m['fcd']:.2f} "
           f"[{m['fcd_lo']:.2f}, {m['fcd_hi']:.2f}], class entropy {m['class_entropy']:.2f} bits; sampler: fcd "
-          f"{m['sampler_fcd']:.2f}, class entropy {m['sampler_class_entropy']:.2f}; reconstructions: fcd "
+          f"{m['sampler_fcd']:.2f} ({chosen}; the other {m[next(k for k in SAMPLERS if k != chosen) + '_fcd']:.2f}), "
+          f"class entropy {m['sampler_class_entropy']:.2f}; ceiling fcd {m['ceiling_fcd']:.2f}; fcd to the nearest "
+          f"training images {m['copy_fcd']:.2f} (two halves of the training set {m['halves_fcd']:.2f}); reconstructions: fcd "
           f"{m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}; audit: sampler fcd "
           f"{m['audit_sampler_fcd']:.2f}, reconstructions {m['audit_recon_fcd']:.2f}; sharpness ratio: sampler "
           f"{m['sampler_sharpness_ratio']:.3f}, reconstructions {m['recon_sharpness_ratio']:.3f}; "

@@ -1,13 +1,15 @@
-"""DVC stage `figures@<beta>`: training curves, samples from N(0, I) and from the ex-post sampler, interpolations,
-reconstructions, traversals, factor responses."""
+"""DVC stage `figures@<beta>`: training curves, samples from N(0, I) and from the ex-post sampler, interpolations
+(between test images, between sampler draws of two judge classes), reconstructions, traversals, factor
+responses."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from vaelab import data, density, layout, plots, storage, tracking
+from vaelab import classifier, data, layout, network, plots, samplers, storage, tracking
 from vaelab.model import load_model
 from vaelab.stages import runtime
 from vaelab.stages.sampler import load_sampler
@@ -18,15 +20,26 @@ def main(argv: list[str] | None = None) -> int:
     device = runtime.device()
     model, config = load_model(paths.model, device)
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
-    history = pd.read_csv(paths.history)
+    history, steps = pd.read_csv(paths.history), pd.read_csv(paths.steps)
     kl_dims = pd.read_csv(paths.kl_per_dim)["kl_nats"].tolist()
     response = pd.read_csv(paths.factor_response)
     try:  # the sampler that sampler@<beta> fitted and evaluate@<beta> judged
-        gmm = load_sampler(paths, params)
-    except density.StaleSamplerError as e:
+        sampler = load_sampler(paths, params)
+    except samplers.StaleSamplerError as e:
         print(f"figures: {e}", file=sys.stderr)
         return 2
-    figs = plots.make_figures(model, ds, history, kl_dims, response, beta, params.figures, gmm, params.seed, device)
+    # The judge labels sampler draws for the interpolation between classes (it scores images, it trains nothing).
+    judge, judge_cfg = network.load(layout.JUDGE.model, device)
+
+    def classify(images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            probs = classifier.predict(judge, images_u8, device, bf16=judge_cfg.bf16)[1]
+        return probs.argmax(1), probs.max(1).values
+
+    trained = config["train"]
+    figs = plots.make_figures(model, ds, history, steps, kl_dims, response, beta, trained["perceptual_weight"],
+                              trained["mmd_weight"], params.figures, lambda n, g: samplers.draw(sampler, n, g),
+                              samplers.describe(sampler), classify, params.seed, device)
     paths.figures.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in figs.items():

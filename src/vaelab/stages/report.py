@@ -77,8 +77,13 @@ def choices(params: Params, precisions: list[str]) -> list[str]:
                           if t.kl_warmup_epochs > 0 else "none (β applies from the first step)."),
         "Weights evaluated and saved: " + (f"exponential moving average, decay {t.ema_decay:g}."
                                            if t.ema_decay > 0 else "the last step's."),
-        f"Ex-post sampler (stage `sampler`): a {params.sampling.gmm_components}-component full-covariance Gaussian "
-        "mixture fitted by EM to the posterior means of the training images (Ghosh et al. 2020).",
+        f"Ex-post samplers (stage `sampler`), both fitted to the posterior means of the training images less "
+        f"{params.sampling.holdout} held out (the ceiling set): a {params.sampling.gmm_components}-component "
+        f"full-covariance Gaussian mixture fitted by EM (Ghosh et al. 2020), and a diffusion prior "
+        f"({params.sampling.diffusion.blocks} residual MLP blocks of width {params.sampling.diffusion.hidden}, "
+        f"{params.sampling.diffusion.train_steps} steps; DDIM sampling in {params.sampling.diffusion.sample_steps} "
+        f"steps at temperature {params.sampling.diffusion.temperature:g}; Dai & Wipf 2019's two-stage VAE). Every "
+        f"figure, the CLI and the registered model draw from the {params.sampling.prior} (`sampling.prior`).",
     ]
 
 
@@ -109,8 +114,11 @@ def main() -> int:
     traversals = plots.side_by_side(
         [imread(BetaPaths(r["tag"]).figures / "traversals.png") for r in rows],
         [f"β = {r['beta']:g}" for r in rows], "Traversals of the highest-KL dimensions around one test image's code")
+    curves_by_beta = {r["beta"]: (pd.read_csv(BetaPaths(r["tag"]).history), pd.read_csv(BetaPaths(r["tag"]).steps))
+                      for r in rows}
     comparison = {"rate_distortion": plots.rate_distortion(rows), "kl_per_dim": plots.kl_bars(kl),
-                  "traversals": traversals}
+                  "traversals": traversals,
+                  "training_curves": plots.training_curves_by_beta(curves_by_beta, "Training curves, every β")}
     links = {}
     for stem, fig in comparison.items():
         out = COMPARISON / f"{stem}.png"

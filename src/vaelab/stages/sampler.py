@@ -1,34 +1,51 @@
-"""DVC stage `sampler@<beta>`: fit the ex-post density (a full-covariance Gaussian mixture) to the posterior means
-of the training images once; every consumer draws from this one file: evaluate, figures, the CLI and the model
-registered in MLflow (a Codec that samples through it), which this stage logs and registers."""
+"""DVC stage `sampler@<beta>`: fit both ex-post samplers to the posterior means of the training images once (a
+full-covariance Gaussian mixture and a diffusion prior, vaelab.samplers), leaving `sampling.holdout` images out of
+both fits (evaluate decodes their codes as the ceiling set). Every consumer draws from the one named by
+`sampling.prior`: evaluate (which judges the other one beside it), figures, the CLI and the model registered in
+MLflow (a Codec that samples through it), which this stage logs and registers."""
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from vaelab import data, density, layout, metrics, storage, tracking
-from vaelab.model import Codec, load_model
-from vaelab.params import Params
+from vaelab import data, density, diffusion, layout, metrics, samplers, storage, tracking
+from vaelab.codec import Codec
+from vaelab.model import load_model
+from vaelab.params import SAMPLERS, Params, to_dict
 from vaelab.stages import runtime
 
 
-def sampler_settings(params: Params) -> dict[str, int]:
-    """What sampler@<beta> fits the ex-post mixture with: saved beside it, checked by every stage that draws from
+def sampler_settings(params: Params, kind: str) -> dict[str, Any]:
+    """What sampler@<beta> fits a sampler of `kind` with: saved beside it, checked by every stage that draws from
     it."""
-    return {"components": params.sampling.gmm_components, "iterations": params.sampling.gmm_iterations,
-            "seed": params.seed}
+    sp = params.sampling
+    fitted = ({"components": sp.gmm_components, "iterations": sp.gmm_iterations} if kind == "mixture"
+              else {"diffusion": to_dict(sp.diffusion)})
+    return {"kind": kind, **fitted, "holdout": sp.holdout, "seed": params.seed}
 
 
-def load_sampler(paths: layout.BetaPaths, params: Params) -> density.GaussianMixture:
-    """The ex-post mixture sampler@<beta> fitted for the model in paths.model with params.yaml's settings; raises
-    density.StaleSamplerError naming the stage to rerun otherwise."""
+def split_codes(params: Params, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (fit, held) of a model's n training codes: the samplers are fitted to the first, evaluate decodes the
+    second as the ceiling set (at most half of the codes are held out)."""
+    return samplers.holdout_split(n, min(params.sampling.holdout, n // 2), params.seed)
+
+
+def load_sampler(paths: layout.BetaPaths, params: Params, alternative: bool = False) -> samplers.Sampler:
+    """The sampler of `sampling.prior` (or, with `alternative`, the other kind) that sampler@<beta> fitted for the
+    model in paths.model with params.yaml's settings; raises samplers.StaleSamplerError naming the stage to rerun
+    otherwise."""
+    kind = params.sampling.prior
+    if alternative:
+        kind = next(k for k in SAMPLERS if k != kind)
+    path = paths.alternative_sampler if alternative else paths.sampler
     try:
-        return density.load_fitted(paths.sampler, storage.weights_md5(paths.model), sampler_settings(params))
-    except density.StaleSamplerError as e:
-        raise density.StaleSamplerError(f"{e}; run `dvc repro sampler@{paths.tag}` first") from None
+        return samplers.load(path, storage.weights_md5(paths.model), sampler_settings(params, kind))
+    except samplers.StaleSamplerError as e:
+        raise samplers.StaleSamplerError(f"{e}; run `dvc repro sampler@{paths.tag}` first") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,31 +64,49 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     sp = params.sampling
     train_mu, _ = metrics.encode(model, ds.train_x, device, params.evaluate.batch_size, bf16)
     test_mu, _ = metrics.encode(model, ds.test_x, device, params.evaluate.batch_size, bf16)
-    gmm = density.fit_gmm(train_mu, sp.gmm_components, sp.gmm_iterations, params.seed)
-    fit_seconds = time.perf_counter() - t0
-    summary = {"beta": beta, "components": sp.gmm_components, "fit_seconds": fit_seconds,
-               # nats per code: how well the density fits the codes it was fitted to, and codes of unseen images
-               "train_log_prob": float(density.log_prob(gmm, train_mu).mean()),
-               "test_log_prob": float(density.log_prob(gmm, test_mu).mean())}
-    # With what it was fitted, and to which model's codes: every consumer refuses a sampler that is not this one.
-    storage.save_state(paths.sampler, density.to_state(gmm),
-                       {**sampler_settings(params), "model_md5": storage.weights_md5(paths.model)})
+    fit_idx, held_idx = split_codes(params, len(train_mu))
+    fit_mu = train_mu[fit_idx]
+    summary: dict[str, Any] = {"beta": beta, "prior": sp.prior, "fit_codes": len(fit_mu), "held_out": len(held_idx)}
+    t = time.perf_counter()
+    gmm = density.fit_gmm(fit_mu, sp.gmm_components, sp.gmm_iterations, params.seed)
+    summary |= {"components": sp.gmm_components, "mixture_fit_seconds": time.perf_counter() - t,
+                # nats per code: how well the mixture fits the codes it was fitted to, and codes of unseen images
+                "train_log_prob": float(density.log_prob(gmm, fit_mu).mean()),
+                "test_log_prob": float(density.log_prob(gmm, test_mu).mean())}
+    t = time.perf_counter()
+    with torch.enable_grad():
+        prior = diffusion.fit(fit_mu, sp.diffusion, params.seed)
+    # The denoiser's objective on fitted and on unseen codes: close values mean it did not memorise its codes.
+    summary |= {"diffusion_fit_seconds": time.perf_counter() - t,
+                "diffusion_train_loss": diffusion.loss(prior, fit_mu[:len(test_mu)], params.seed),
+                "diffusion_test_loss": diffusion.loss(prior, test_mu, params.seed)}
+    summary["fit_seconds"] = time.perf_counter() - t0
+    chosen, other = (prior, gmm) if sp.prior == "diffusion" else (gmm, prior)
+    # With what each was fitted, and to which model's codes: every consumer refuses a sampler that is not this one.
+    md5 = storage.weights_md5(paths.model)
+    samplers.save(paths.sampler, chosen, {**sampler_settings(params, sp.prior), "model_md5": md5})
+    samplers.save(paths.alternative_sampler, other,
+                  {**sampler_settings(params, samplers.kind(other)), "model_md5": md5})
     storage.write_json(paths.sampler_metrics, summary)
     run = storage.read_json(paths.run_file)
+    what = (f"a {sp.gmm_components}-component mixture" if sp.prior == "mixture" else
+            f"a diffusion prior ({sp.diffusion.sample_steps} DDIM steps, temperature {sp.diffusion.temperature:g})")
     description = (f"{preset + ' preset: ' if preset else ''}β = {beta:g}, z = {model.cfg.latent_dim}; samples "
-                   f"through a {sp.gmm_components}-component mixture fitted to the training codes")
+                   f"through {what} fitted to the training codes")
     with tracking.run(run["tracking_uri"], run["experiment"], run["run_name"], run_id=run["run_id"]):
-        tracking.log_metrics({f"sampler_{k}": v for k, v in summary.items() if k != "beta"})
+        tracking.log_metrics({f"sampler_{k}": v for k, v in summary.items() if isinstance(v, float)})
         tracking.log_artifact(paths.sampler, "sampler")
-        model_uri = tracking.log_model(Codec(model.cpu(), gmm), (model.cfg.latent_dim,))
+        model_uri = tracking.log_model(Codec(model.cpu(), chosen), (model.cfg.latent_dim,))
         alias = f"{preset}-" * bool(preset) + tracking.model_alias(beta)
         version = tracking.register_model(model_uri, params.tracking.registered_model, alias, description)
     storage.write_json(paths.registered, {"model_uri": model_uri, "registered_model": params.tracking.registered_model,
                                           "version": version, "alias": alias, "run_id": run["run_id"],
                                           "tracking_uri": run["tracking_uri"]})
-    print(f"sampler: β = {beta:g}: {sp.gmm_components}-component mixture on {len(train_mu)} training codes, "
-          f"{summary['train_log_prob']:.1f} / {summary['test_log_prob']:.1f} nats per train / test code; "
-          f"registered {params.tracking.registered_model} v{version} @{alias}; {fit_seconds:.0f} s")
+    print(f"sampler: β = {beta:g}: fitted to {len(fit_mu)} training codes ({len(held_idx)} held out): "
+          f"{sp.gmm_components}-component mixture, {summary['train_log_prob']:.1f} / {summary['test_log_prob']:.1f} "
+          f"nats per fitted / test code; diffusion prior, noise loss {summary['diffusion_train_loss']:.4f} / "
+          f"{summary['diffusion_test_loss']:.4f}; draws from the {sp.prior}; registered "
+          f"{params.tracking.registered_model} v{version} @{alias}; {summary['fit_seconds']:.0f} s")
     return 0
 
 

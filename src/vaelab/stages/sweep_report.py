@@ -54,10 +54,10 @@ def main() -> int:
         return 2
     points = sorted((storage.read_json(SweepPaths(t).point) for t in tags), key=lambda p: p["beta"])
     # The seed spread: each spread beta's point with the top-level seed and again with every spread seed.
-    runs = [p for p in points if p["beta"] in sw.spread_betas] + [storage.read_json(p.point) for p in extra]
-    sd = seed_sd([{"beta": r["beta"], **{k: r[k] for k in POINT_KEYS if k in r}} for r in runs])
-    spread = {"betas": list(sw.spread_betas), "seeds": [params.seed, *sw.spread_seeds], "sd": sd,
-              "runs": [{k: r[k] for k in ("beta", "seed", *POINT_KEYS) if k in r} for r in runs]}
+    runs = [{k: r[k] for k in ("beta", "seed", *POINT_KEYS) if k in r}
+            for r in [p for p in points if p["beta"] in sw.spread_betas] + [storage.read_json(p.point) for p in extra]]
+    spread = {"betas": list(sw.spread_betas), "seeds": [params.seed, *sw.spread_seeds], "sd": seed_sd(runs),
+              "runs": runs}
     # The assignment's models, trained at the full recipe, as marked points (their eval.json has the same keys).
     marked = [storage.read_json(BetaPaths(f"{b:g}").eval_metrics) | {"beta": b} for b in params.train.betas
               if BetaPaths(f"{b:g}").eval_metrics.is_file()]

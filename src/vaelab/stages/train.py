@@ -6,6 +6,7 @@ CUDA); rank 0 (the master process) does every write: MLflow run, checkpoint, his
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import resource
 import signal
@@ -160,7 +161,13 @@ def _run(params, beta: float, paths: layout.BetaPaths, preset: str, device: torc
         rows.append(row)
         # Written every epoch, so a long run can be watched with `dvc plots show` while it trains.
         storage.write_text(paths.history, pd.DataFrame(rows).to_csv(index=False))
+        storage.write_text(paths.steps, pd.DataFrame(state["steps"]).to_csv(index=False))
         log_row(row)
+        # This epoch's per-step rows, at their global step (MLflow's x axis for train_step_*).
+        for r in state["steps"]:
+            if r["epoch"] > row["epoch"] - 1:
+                tracking.log_metrics({f"train_step_{k}": v for k, v in r.items() if k not in ("step", "epoch")
+                                      and math.isfinite(v)}, step=int(r["step"]))
 
     tags = {"dvc_stage": f"train@{paths.tag}", "git_commit": tracking.git_commit(root), "beta": f"{beta:g}",
             "preset": preset or "default"}
@@ -191,6 +198,8 @@ def _run(params, beta: float, paths: layout.BetaPaths, preset: str, device: torc
                     "images_per_second": sum(r["images_per_second"] for r in history) / len(history),
                     "final_train_loss": last["train_loss"],
                     "final_test_bpd": last["test_bpd"],
+                    # The Gaussian decoder's σ̂ at the end ([-1, 1] pixel scale; None where σ is per pixel).
+                    "final_sigma": last["sigma"] if math.isfinite(last["sigma"]) else None,
                     "parameters": count_parameters(core),
                     "epochs": params.train.epochs,
                     "n_train": n_train,
@@ -203,6 +212,7 @@ def _run(params, beta: float, paths: layout.BetaPaths, preset: str, device: torc
                 storage.write_json(paths.train_metrics, summary)
                 tracking.log_metrics({"train_seconds": seconds})
                 tracking.log_artifact(paths.history)
+                tracking.log_artifact(paths.steps)
                 description += f"; final test {last['test_bpd']:.3f} bits/dim"
                 tracking.set_description(description)
                 # The model is logged and registered by sampler@<beta>, with the sampler it draws from.
