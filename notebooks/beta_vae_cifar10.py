@@ -77,7 +77,10 @@ print(f"repository: {root}; device: {'cuda (' + torch.cuda.get_device_name() + '
 
 # %%
 TRIAL = ("-S data.subset=2000 -S train.epochs=2 -S judge.epochs=2 -S evaluate.n_samples=2000 "
-         "-S evaluate.iw_images=200 -S evaluate.kid_subset_size=200 -S evaluate.kid_subsets=10")
+         "-S evaluate.iw_images=200 -S evaluate.kid_subset_size=200 -S evaluate.kid_subsets=10 "
+         "-S sweep.subset=1000 -S sweep.epochs=1 -S sweep.eval_images=200 -S 'control.seeds=[0]' "
+         "-S control.subset=2000 -S control.epochs=1 -S control.score_images=1000 -S control.dci_train=300 "
+         "-S control.dci_test=200 -S sampling.diffusion.train_steps=500")  # the README's quick trial
 if RUN == "trial":
     sh(f"dvc exp run {TRIAL}")
 elif RUN == "full":

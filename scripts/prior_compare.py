@@ -47,12 +47,23 @@ def main() -> None:
     print(f"encoded {len(mu)} training images ({time.perf_counter() - t0:.0f} s)", flush=True)
     ref, _ = classifier.predict(judge, ds.test_x, device, bf16=judge_cfg.bf16)
 
+    def code_stats(z: torch.Tensor) -> str:
+        """How the drawn codes compare with the held-out ones, on the encoder's scale: the Fréchet distance
+        between Gaussians fitted to each (a sampler's own job is to match these), the ratio of mean norms, and the
+        median over dimensions of the ratio of standard deviations."""
+        ref = mu[held].double()
+        fd = quality.frechet_distance(z.double(), ref)
+        norm = float(z.double().norm(dim=1).mean() / ref.norm(dim=1).mean())
+        sd = float((z.double().std(0) / ref.std(0).clamp_min(1e-12)).median())
+        return f"codes: FD to held-out codes {fd:.2f}, norm ratio {norm:.3f}, median SD ratio {sd:.3f}"
+
     def score(name: str, z: torch.Tensor) -> None:
         images = torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(500)])
         feats, probs = classifier.predict(judge, images, device, bf16=judge_cfg.bf16)
         q = quality.sample_quality(feats, probs, ref, 50, 1000, args.seed, 100)
         print(f"{name:28s} FCD {q['fcd']:6.2f} [{q['fcd_lo']:.2f}, {q['fcd_hi']:.2f}]  KID {q['kid']:.4f}  "
-              f"confidence {q['judge_confidence']:.3f}  class entropy {q['class_entropy']:.2f} bits", flush=True)
+              f"confidence {q['judge_confidence']:.3f}  class entropy {q['class_entropy']:.2f} bits; "
+              f"{code_stats(z)}", flush=True)
 
     score("ceiling (held-out codes)", mu[held])
     if not args.no_mixture:

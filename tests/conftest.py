@@ -150,7 +150,8 @@ def make_small_repo(dest: Path) -> Path:
     params["train"]["perceptual_weight"] = params["train"]["perceptual_weight"] or 100.0
     params["evaluate"].update({"n_samples": 1000, "kid_subsets": 10, "iw_images": 100, "bootstrap": 50})
     # A tiny diffusion prior and hold-out: the sampler stage fits both samplers, evaluate judges both and the ceiling.
-    params["sampling"].update({"holdout": 100, "diffusion": {"hidden": 32, "blocks": 1, "timesteps": 100,
+    # The diffusion prior is what the copy draws from, so that the end-to-end tests cover the non-default sampler.
+    params["sampling"].update({"prior": "diffusion", "holdout": 100, "diffusion": {"hidden": 32, "blocks": 1, "timesteps": 100,
                                                              "train_steps": 20, "batch_size": 128, "lr": 0.001,
                                                              "sample_steps": 5, "temperature": 1.0}})
     params["timings"].update({"benchmark_steps": 2, "benchmark_warmup": 1, "profile_steps": 1})

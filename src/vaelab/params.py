@@ -234,7 +234,7 @@ class SamplingConfig:
     """The ex-post samplers (stage sampler@<beta>): densities fitted to the training codes once; every sample grid,
     judged sample set, the CLI and the registered MLflow model draw from the one named by `prior`."""
 
-    prior: str = "diffusion"  # what every consumer draws from: mixture | diffusion (both are fitted and judged)
+    prior: str = "mixture"  # what every consumer draws from: mixture | diffusion (both are fitted and judged)
     holdout: int = 10000  # training images kept out of both fits: their decoded codes are the ceiling set
     gmm_components: int = 10  # full-covariance Gaussian mixture fitted to the training codes mu (Ghosh et al. 2020)
     gmm_iterations: int = 100  # EM iterations at most
@@ -242,7 +242,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         _check(self.prior in SAMPLERS, "sampling.prior", f"must be one of {SAMPLERS}, got {self.prior!r}")
-        _check(0 <= self.holdout <= 40_000, "sampling.holdout", f"must be in 0..40000, got {self.holdout}")
+        _check(2 <= self.holdout <= 40_000, "sampling.holdout", f"must be in 2..40000, got {self.holdout}")
         _check(1 <= self.gmm_components <= 1000, "sampling.gmm_components", f"must be in 1..1000, got "
                f"{self.gmm_components}")
         _check(self.gmm_iterations >= 1, "sampling.gmm_iterations", f"must be >= 1, got {self.gmm_iterations}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from vaelab import data, density, diffusion, layout, metrics, samplers, storage, tracking
+from vaelab import data, density, diffusion, layout, metrics, quality, samplers, storage, tracking
 from vaelab.codec import Codec
 from vaelab.model import load_model
 from vaelab.params import SAMPLERS, Params, to_dict
@@ -80,6 +80,12 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     summary |= {"diffusion_fit_seconds": time.perf_counter() - t,
                 "diffusion_train_loss": diffusion.loss(prior, fit_mu[:len(test_mu)], params.seed),
                 "diffusion_test_loss": diffusion.loss(prior, test_mu, params.seed)}
+    # Each sampler's own job, matching the codes: its draws against the held-out codes on the encoder's scale.
+    held_mu = train_mu[held_idx]
+    for kind, sampler in (("mixture", gmm), ("diffusion", prior)):
+        z = samplers.draw(sampler, len(held_mu), torch.Generator().manual_seed(params.seed))
+        summary |= {f"{kind}_code_fd": quality.frechet_distance(z.double(), held_mu.double()),
+                    f"{kind}_code_sd_ratio": float((z.std(0) / held_mu.std(0).clamp_min(1e-12)).median())}
     summary["fit_seconds"] = time.perf_counter() - t0
     chosen, other = (prior, gmm) if sp.prior == "diffusion" else (gmm, prior)
     # With what each was fitted, and to which model's codes: every consumer refuses a sampler that is not this one.
@@ -105,7 +111,9 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     print(f"sampler: β = {beta:g}: fitted to {len(fit_mu)} training codes ({len(held_idx)} held out): "
           f"{sp.gmm_components}-component mixture, {summary['train_log_prob']:.1f} / {summary['test_log_prob']:.1f} "
           f"nats per fitted / test code; diffusion prior, noise loss {summary['diffusion_train_loss']:.4f} / "
-          f"{summary['diffusion_test_loss']:.4f}; draws from the {sp.prior}; registered "
+          f"{summary['diffusion_test_loss']:.4f}; FD of the drawn codes to held-out ones: mixture "
+          f"{summary['mixture_code_fd']:.2f}, diffusion {summary['diffusion_code_fd']:.2f}; draws from the {sp.prior}; "
+          f"registered "
           f"{params.tracking.registered_model} v{version} @{alias}; {summary['fit_seconds']:.0f} s")
     return 0
 
