@@ -101,8 +101,16 @@ def load_fitted(path: str | Path, model_md5: str, settings: Mapping[str, Any] | 
     been fitted to and (given) the settings it must have been fitted with; raises StaleSamplerError if either
     differs."""
     state, saved = load_state(path)
+    check_fitted(path, saved, model_md5, settings)
+    return GaussianMixture(**state)
+
+
+def check_fitted(path: str | Path, saved: Mapping[str, Any], model_md5: str,
+                 settings: Mapping[str, Any] | None = None) -> None:
+    """Raise StaleSamplerError naming the keys that differ when a sampler file's saved settings are not those of
+    the model `model_md5` and (given) `settings`."""
     expected = {"model_md5": model_md5, **(settings or {})}
     differ = sorted(k for k in expected if saved.get(k) != expected[k])
     if differ:
-        raise StaleSamplerError(f"{path} was fitted with {saved}, not with {expected} (differs in {', '.join(differ)})")
-    return GaussianMixture(**state)
+        shown = {k: v for k, v in saved.items() if not isinstance(v, Mapping)}  # nested settings stay out of view
+        raise StaleSamplerError(f"{path} was fitted with {shown}, not with {expected} (differs in {', '.join(differ)})")

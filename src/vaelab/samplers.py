@@ -62,11 +62,7 @@ def load(path: str | Path, model_md5: str, settings: Mapping[str, Any] | None = 
     state, saved = load_state(path)
     if saved.get("kind") != "diffusion":
         return density.load_fitted(path, model_md5, settings)
-    expected = {"model_md5": model_md5, **(settings or {})}
-    differ = sorted(k for k in expected if saved.get(k) != expected[k])
-    if differ:
-        shown = {k: v for k, v in saved.items() if k != "diffusion"}
-        raise StaleSamplerError(f"{path} was fitted with {shown}, not as asked (differs in {', '.join(differ)})")
+    density.check_fitted(path, saved, model_md5, settings)
     prior = diffusion.DiffusionPrior(len(state["mean"]), from_dict(DiffusionConfig, saved["diffusion"]))
     prior.load_state_dict(state)
     return prior.eval()

@@ -90,8 +90,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     test_hf = quality.high_frequency_energy(ds.test_x)
 
     def judged(images_u8: torch.Tensor, name: str = "", labels: torch.Tensor | None = None) -> dict[str, float]:
-        """Keys of one image set (name: "", "mixture_", "diffusion_", "ceiling_" or "recon_"): the judge's <name>fcd, ...; the audit's
-        audit_<name>fcd, ... (its confidence as audit_<name>confidence); <name>sharpness_ratio."""
+        """Keys of one image set (name: "", "mixture_", "diffusion_", "ceiling_" or "recon_"): the judge's
+        <name>fcd, ...; the audit's audit_<name>fcd, ... (its confidence as audit_<name>confidence);
+        <name>sharpness_ratio."""
         out: dict[str, float] = {}
         for role, (net, cfg) in scorers.items():
             feats, probs = classifier.predict(net, images_u8, device, bf16=cfg.bf16)
@@ -123,8 +124,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
         m |= judged(images_u8, f"{kind}_")
         if kind == chosen:
             chosen_images = images_u8
-    m |= {"sampler_" + k[len(chosen) + 1:]: v for k, v in list(m.items()) if k.startswith(chosen + "_")}
-    m |= {"audit_sampler_" + k[len(chosen) + 7:]: v for k, v in list(m.items()) if k.startswith(f"audit_{chosen}_")}
+    for prefix in ("", "audit_"):  # the chosen sampler's keys again under sampler_ (the judge's and the audit's)
+        m |= {prefix + "sampler_" + k.removeprefix(f"{prefix}{chosen}_"): v for k, v in list(m.items())
+              if k.startswith(f"{prefix}{chosen}_")}
     m["sampler_kind"] = chosen
     m["sampler_components"] = params.sampling.gmm_components
     timed(f"{ev.n_samples} samples from N(0, I) and from each sampler judged")
@@ -168,7 +170,8 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
           f"[{m['fcd_lo']:.2f}, {m['fcd_hi']:.2f}], class entropy {m['class_entropy']:.2f} bits; sampler: fcd "
           f"{m['sampler_fcd']:.2f} ({chosen}; the other {m[next(k for k in SAMPLERS if k != chosen) + '_fcd']:.2f}), "
           f"class entropy {m['sampler_class_entropy']:.2f}; ceiling fcd {m['ceiling_fcd']:.2f}; fcd to the nearest "
-          f"training images {m['copy_fcd']:.2f} (two halves of the training set {m['halves_fcd']:.2f}); reconstructions: fcd "
+          f"training images {m['copy_fcd']:.2f} (two halves of the training set {m['halves_fcd']:.2f}); "
+          f"reconstructions: fcd "
           f"{m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}; audit: sampler fcd "
           f"{m['audit_sampler_fcd']:.2f}, reconstructions {m['audit_recon_fcd']:.2f}; sharpness ratio: sampler "
           f"{m['sampler_sharpness_ratio']:.3f}, reconstructions {m['recon_sharpness_ratio']:.3f}; "
