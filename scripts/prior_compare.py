@@ -77,9 +77,9 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.enable_grad():
             prior = diffusion.fit(mu[fit_idx], cfg, args.seed)
-        print(f"diffusion prior {spec or 'of params.yaml'} fitted ({time.perf_counter() - t0:.0f} s); noise loss "
-              f"{diffusion.loss(prior, mu[fit_idx][:5000], 1):.4f} fitted / {diffusion.loss(prior, mu[held], 1):.4f} "
-              f"held out", flush=True)
+        print(f"diffusion prior {spec or 'of params.yaml'} fitted ({time.perf_counter() - t0:.0f} s); "
+              f"{cfg.prediction} loss {diffusion.loss(prior, mu[fit_idx][:5000], 1):.4f} fitted / "
+              f"{diffusion.loss(prior, mu[held], 1):.4f} held out", flush=True)
         for temp in args.temperatures:
             t0 = time.perf_counter()
             z = diffusion.sample(prior, args.n, torch.Generator().manual_seed(args.seed + 2), temperature=temp)

@@ -181,7 +181,17 @@ def sampler_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory) -> Path:
-    """A tiny copy of the project after one `dvc repro` (betas 1 and 5): its report, metrics and MLflow store."""
+    """A tiny copy of the project after one `dvc repro` (betas 1 and 5): its report, metrics and MLflow store, and
+    the repro's output in `repro.log` beside it. One per session: the slow and the browser tests read it (`.ci/run`
+    runs them in one session) and leave it as they found it; a test that changes it works on `copy_of`."""
     repo = make_small_repo(tmp_path_factory.mktemp("reproduced") / "repo")
-    _run(["dvc", "repro"], repo, _env(repo))
+    (repo.parent / "repro.log").write_text(_run(["dvc", "repro"], repo, _env(repo)))
     return repo
+
+
+def copy_of(repo: Path, dest: Path) -> Path:
+    """A copy of a reproduced repo (git, DVC cache, models, MLflow store) that a test may change. The MLflow store
+    records absolute artifact paths, so the copy's new runs keep their artifacts under the original's mlruns/:
+    new folders only, never a file the original's runs use."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest

@@ -21,16 +21,21 @@ def test_the_cosine_schedule_runs_from_signal_to_noise():
     assert torch.all(ab[1:] < ab[:-1])
 
 
+EXACT = {"eps": lambda ab, x: (1 - ab).sqrt() * x,  # E[ε | x_t] = √(1 − ᾱ) x_t
+         "v": lambda ab, x: 0 * x}  # E[v | x_t] = √ᾱ E[ε | x_t] − √(1 − ᾱ) E[x | x_t] = 0
+
+
+@pytest.mark.parametrize("prediction", ["v", "eps"])
 @pytest.mark.parametrize("steps", [10, 50])
-def test_ddim_with_the_exact_noise_predictor_of_gaussian_codes_returns_their_distribution(steps):
-    """Codes ~ N(m, s²) standardise to N(0, 1), whose exact noise predictor is E[ε | x_t] = √(1 − ᾱ_t) x_t. With it
-    each DDIM step multiplies x by cos(θ_t − θ_prev) (ᾱ = cos² θ), so the samples are N(m, (s·∏cos)²): the
+def test_ddim_with_the_exact_predictor_of_gaussian_codes_returns_their_distribution(steps, prediction):
+    """Codes ~ N(m, s²) standardise to N(0, 1), for which E[x | x_t] = √ᾱ_t x_t. With the exact predictor each
+    DDIM step multiplies x by cos(θ_t − θ_prev) (ᾱ = cos² θ), so the samples are N(m, (s·∏cos)²): the
     discretisation shrinks them by a known factor that goes to 1 with the number of steps."""
-    cfg = DiffusionConfig(hidden=8, blocks=1, timesteps=1000, sample_steps=steps)
+    cfg = DiffusionConfig(hidden=8, blocks=1, timesteps=1000, sample_steps=steps, prediction=prediction)
     prior = DiffusionPrior(2, cfg)
     prior.mean.copy_(torch.tensor([3.0, -1.0]))
     prior.std.copy_(torch.tensor([2.0, 0.5]))
-    prior.forward = lambda x, t: (1 - prior.alpha_bar[t][:, None]).sqrt() * x  # the exact E[ε | x_t]
+    prior.forward = lambda x, t: EXACT[prediction](prior.alpha_bar[t][:, None], x)
     z = diffusion.sample(prior, 20000, torch.Generator().manual_seed(0))
     ts = torch.linspace(999, 0, steps).round().long()
     theta = torch.acos(prior.alpha_bar.double()[ts].sqrt())
@@ -69,6 +74,21 @@ def test_a_fitted_prior_draws_both_modes_of_a_mixture_and_not_the_gap_between(on
     assert float(z[right, 0].std()) == pytest.approx(0.3, abs=0.25)
     assert float(z[:, 1].std()) == pytest.approx(0.3, abs=0.15)
     assert math.isfinite(diffusion.loss(prior, codes, seed=3))
+
+
+def test_a_fitted_prior_keeps_the_spread_of_correlated_codes_through_the_full_schedule(one_thread):
+    """Codes of 16 correlated dimensions with unequal variances, the shipped 1,000-step schedule (ᾱ_T ≈ 2e-9):
+    the draws' per-dimension spread is the codes' own. An ε-predictor fails this: the estimate of the clean code
+    near t = T divides its error by √ᾱ_T, and its draws come out several times too spread (docs/metrics.md)."""
+    g = torch.Generator().manual_seed(7)
+    mixing = torch.randn(16, 16, generator=g) * torch.logspace(-1, 0.5, 16)  # scales 0.1 to 3.2
+    codes = torch.randn(6000, 16, generator=g) @ mixing.T + 2.0
+    cfg = DiffusionConfig(hidden=64, blocks=2, timesteps=1000, train_steps=1000, batch_size=256, lr=3e-3,
+                          sample_steps=50)
+    prior = diffusion.fit(codes, cfg, seed=0)
+    z = diffusion.sample(prior, 4000, torch.Generator().manual_seed(1))
+    ratio = z.std(0) / codes.std(0)  # (16,)
+    assert 0.8 < float(ratio.min()) and float(ratio.max()) < 1.25, ratio
 
 
 def test_the_fit_and_the_samples_are_deterministic_for_a_seed():

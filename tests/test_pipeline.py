@@ -1,6 +1,7 @@
 """The DVC pipeline: declared deps cover the code each stage runs, and a real `dvc repro` end to end."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -14,28 +15,81 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, _env, _run, make_small_repo
+from conftest import REPO, _env, _run, copy_of
 from vaelab import layout
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
+SRC = REPO / "src"
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module `name` under src/ (a package's __init__.py), or None outside this package."""
+    base = SRC.joinpath(*name.split("."))
+    for f in (base / "__init__.py", base.with_suffix(".py")):
+        if f.is_file():
+            return f
+    return None
+
+
+def _reachable_package_files(module: str) -> set[str]:
+    """Files of the vaelab package that running `module` can import, relative to the repo: the closure over every
+    import statement in their source, at the top or inside a function (a lazy import runs when the stage calls it),
+    and the packages that hold them. Read from the source, so no stage is imported."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c imports a and a.b first
+            f = _module_file(".".join(parts[:i]))
+            if f is None or f in seen:
+                continue
+            seen.add(f)
+            package = ".".join(parts[:i]) if f.name == "__init__.py" else ".".join(parts[:i - 1])
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                        base = ".".join(anchor + ([base] if base else []))
+                    todo += [base, *(f"{base}.{a.name}" for a in node.names)]  # a name may be a submodule
+    return {os.path.relpath(f, REPO) for f in seen if f.is_relative_to(SRC / "vaelab")}
+
+
 def _imported_package_files(module: str) -> set[str]:
-    """Files of the vaelab package loaded by importing `module`, relative to the repo."""
+    """Files of the vaelab package loaded by importing `module` in a fresh interpreter, relative to the repo."""
     code = (f"import sys, {module}; print('\\n'.join(m.__file__ for n, m in sys.modules.items() "
             f"if n.startswith('vaelab') and getattr(m, '__file__', None)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     return {os.path.relpath(p, REPO) for p in out.splitlines() if p}  # one path a line: paths may hold spaces
 
 
-@pytest.mark.parametrize("stage", sorted(DVC_YAML["stages"]))
-def test_stage_deps_cover_imported_modules(stage):
+def _stage_module(stage: str) -> tuple[str, set[str]]:
+    """The module a dvc.yaml stage runs (`python -m ...`) and its literal file deps."""
     spec = DVC_YAML["stages"][stage]
     spec = spec.get("do", spec)
-    module = re.search(r"python -m (\S+)", spec["cmd"]).group(1)
     deps = {d for d in spec["deps"] if isinstance(d, str)}
-    missing = _imported_package_files(module) - deps
+    return re.search(r"python -m (\S+)", spec["cmd"]).group(1), deps
+
+
+@pytest.mark.parametrize("stage", sorted(DVC_YAML["stages"]))
+def test_stage_deps_cover_imported_modules(stage):
+    module, deps = _stage_module(stage)
+    missing = _reachable_package_files(module) - deps
     assert not missing, f"stage {stage} runs code that its deps do not list: {sorted(missing)}"
+
+
+def test_the_source_reading_finds_every_module_an_import_loads():
+    """The known answer for the reading above: what a fresh interpreter loads on importing the training stage (the
+    stage that imports the most) is all among the files the reading finds."""
+    module, _ = _stage_module("train")
+    loaded = _imported_package_files(module)
+    assert "src/vaelab/loss.py" in loaded and loaded <= _reachable_package_files(module), \
+        sorted(loaded - _reachable_package_files(module))
 
 
 @pytest.mark.parametrize("stage", ["judge", "audit", "features", "train", "sampler"])
@@ -60,26 +114,18 @@ def test_repo_root_of_a_queued_experiment(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def small_repo(tmp_path_factory) -> Path:
-    """This module's own tiny copy of the project (its tests change params and rerun it)."""
-    return make_small_repo(tmp_path_factory.mktemp("e2e") / "repo")
-
-
-def _reproduced(repo: Path, env: dict) -> None:
-    """Run `dvc repro` once in the module's repo unless an earlier test already did. The committed dvc.lock comes
-    with the copy, so only a trained model (never in git) shows that this repo was reproduced."""
-    if not (repo / "models" / "beta_1" / "model.pt").is_file():
-        _run(["dvc", "repro"], repo, env)
+def small_repo(reproduced_repo, tmp_path_factory) -> Path:
+    """This module's own copy of the session's reproduced repo: its tests change params and rerun it."""
+    return copy_of(reproduced_repo, tmp_path_factory.mktemp("e2e") / "repo")
 
 
 @pytest.mark.slow
-def test_dvc_repro_end_to_end(small_repo):
+def test_dvc_repro_end_to_end(reproduced_repo):
     from vaelab import tracking
 
-    repo = small_repo
+    repo = reproduced_repo
     env = _env(repo)
-    log = _run(["dvc", "repro"], repo, env)
-    assert "from local copy" in log
+    assert "from local copy" in (repo.parent / "repro.log").read_text()
 
     # Report: table rows for both betas, every linked figure exists.
     md = (repo / "reports" / "report.md").read_text()
@@ -244,14 +290,13 @@ def test_dvc_repro_end_to_end(small_repo):
 
 
 @pytest.mark.slow
-def test_the_notebook_stage_executes_the_hand_in_against_the_run(small_repo):
-    """Stage `notebook` ran the hand-in top to bottom against this module's reproduced copy (RUN = "none") and
+def test_the_notebook_stage_executes_the_hand_in_against_the_run(reproduced_repo):
+    """Stage `notebook` ran the hand-in top to bottom against the session's reproduced copy (RUN = "none") and
     wrote it with every output: an output under every code cell, the five items, and the β table's numbers equal to
     the metrics files of this run."""
     import nbformat
 
-    repo = small_repo
-    _reproduced(repo, _env(repo))
+    repo = reproduced_repo
     nb = nbformat.read(repo / layout.NOTEBOOK_EXECUTED, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     assert all(c.outputs for c in code), [c.source[:40] for c in code if not c.outputs]
@@ -275,14 +320,13 @@ def test_the_notebook_stage_executes_the_hand_in_against_the_run(small_repo):
 
 
 @pytest.mark.slow
-def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one(small_repo):
+def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one(reproduced_repo):
     """The sampler is fitted once, by sampler@<beta>; evaluate and figures refuse one fitted with other settings
     than params.yaml's and name the stage to rerun."""
     from vaelab import storage
 
-    repo = small_repo
+    repo = reproduced_repo
     env = _env(repo)
-    _reproduced(repo, env)
     folder = repo / "models" / "sampler" / "beta_1"
     state, settings = storage.load_state(folder / "alternative.pt")  # the mixture, judged beside the prior
     assert settings["kind"] == "mixture" and settings["components"] == len(state["weights"]) == 10
@@ -309,10 +353,9 @@ def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one
 
 
 @pytest.mark.slow
-def test_edits_rerun_only_the_stages_that_use_them(small_repo):
-    repo = small_repo
+def test_edits_rerun_only_the_stages_that_use_them(reproduced_repo):
+    repo = reproduced_repo
     env = _env(repo)
-    _reproduced(repo, env)
     loss = repo / "src" / "vaelab" / "loss.py"
     original = loss.read_text()
     try:
@@ -351,7 +394,6 @@ def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
 
     repo = small_repo
     env = _env(repo)
-    _reproduced(repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     base = params["presets"]["baseline"]
     base["train"].update({"epochs": 2, "betas": [1]})
@@ -397,7 +439,6 @@ def test_a_preset_runs_outside_the_dag_and_reaches_the_report(small_repo):
 def test_changing_betas_trains_only_new_ones(small_repo):
     repo = small_repo
     env = _env(repo)
-    _reproduced(repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["betas"] = [1, 0.5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -283,6 +283,8 @@ def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(sampl
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["subset"] = 1024
     params["train"].update({"epochs": 3, "batch_size": 64, "warmup_steps": 10, "processes": 2})
+    # The sampler stage registers the model; its diffusion prior at the shipped 6,000 steps would cost minutes here.
+    params["sampling"]["diffusion"].update({"hidden": 32, "blocks": 1, "train_steps": 20, "sample_steps": 5})
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     features = ClassifierConfig(arch="vgg", widths=(8, 16, 16), bf16=False)
     torch.manual_seed(0)

@@ -128,3 +128,25 @@ def test_the_report_shows_the_sweep_recipes_seed_spread():
     assert "| 1, seed 1 | 244.0 |" in text and "| seed SD (largest over β) | 2.8 | 0.0 |" in text
     del sweep_json["seed_spread"]
     assert "seed SD" not in "\n".join(report.sweep_section(sweep_json, "sweep"))
+
+
+def test_the_sweep_figures_draw_each_other_seed_where_its_numbers_put_it():
+    """The seed spread is seen, not only tabled: each run of a spread β with another seed is a hollow point at its
+    own rate and distortion, and at its own value in every metric panel."""
+    from vaelab import plots
+
+    keys = [k for k, _ in plots.SWEEP_PANELS] + ["distortion_nats"]
+    points = [{"beta": b, **{k: 10.0 * i + j for j, k in enumerate(keys)}} for i, b in enumerate((1.0, 4.0))]
+    seeds = [{"beta": 4.0, "seed": 1, **{k: 100.0 + j for j, k in enumerate(keys)}}]
+
+    def hollow(ax) -> list[tuple[float, float]]:
+        return [(float(x), float(y)) for line in ax.lines if line.get_markerfacecolor() == "none"
+                for x, y in zip(line.get_xdata(), line.get_ydata())]
+
+    fig = plots.sweep_rate_distortion(points, [], seeds)
+    assert hollow(fig.axes[0]) == [(seeds[0]["rate_nats"], seeds[0]["distortion_nats"])]
+    fig = plots.sweep_metrics(points, [], seeds)
+    for ax, (key, _) in zip(fig.axes, plots.SWEEP_PANELS):
+        assert hollow(ax) == [(4.0, seeds[0][key])], key
+    assert all(hollow(ax) == [] for ax in plots.sweep_metrics(points, []).axes)
+    plots.plt.close("all")

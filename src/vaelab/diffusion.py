@@ -1,7 +1,13 @@
 """A denoising diffusion prior over latent codes, the second stage of a two-stage VAE (Dai & Wipf 2019): fitted to
 the frozen encoder's posterior means of the training images, sampled in place of N(0, I). An MLP of residual blocks
-predicts the noise ε mixed into standardised codes (DDPM, Ho et al. 2020; cosine schedule, Nichol & Dhariwal 2021);
-sampling runs the deterministic DDIM update (Song et al. 2021) over a few tens of the training timesteps."""
+sees standardised codes x mixed with noise ε (DDPM, Ho et al. 2020; cosine schedule, Nichol & Dhariwal 2021) and
+predicts v = √ᾱ·ε − √(1−ᾱ)·x (Salimans & Ho 2022) or ε itself; sampling runs the deterministic DDIM update (Song et
+al. 2021) over a few tens of the training timesteps.
+
+Why v by default: the cosine schedule ends at ᾱ ≈ 2e-9, where an ε-predictor's estimate of the clean code,
+(x_t − √(1−ᾱ)·ε̂)/√ᾱ, multiplies the network's error by ~2·10⁴. On the 128-d codes of a β = 1 model its draws came
+out three times too spread even with that estimate clipped, a v-predictor's within 6% of the codes' own
+(docs/metrics.md, *The samplers*; tests/test_diffusion.py holds the known answer)."""
 from __future__ import annotations
 
 import math
@@ -20,6 +26,18 @@ def cosine_alpha_bar(timesteps: int, s: float = 0.008) -> torch.Tensor:
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
     return torch.cumprod(1 - betas, dim=0)
+
+
+def _target(prediction: str, x0: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """What the network learns to output for clean codes x0 (B, D) noised by eps at ᾱ = ab (B, 1)."""
+    return eps if prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def _clean_estimate(prediction: str, x_t: torch.Tensor, out: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """The clean code (B, D) that the network's output `out` implies for x_t at ᾱ = ab."""
+    if prediction == "eps":
+        return (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
+    return ab.sqrt() * x_t - (1 - ab).sqrt() * out
 
 
 def _time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -47,8 +65,8 @@ class _Block(nn.Module):
 
 
 class DiffusionPrior(nn.Module):
-    """ε-prediction network on standardised codes, with the code statistics and the noise schedule it was fitted
-    with: everything needed to sample codes (B, D) on the encoder's scale."""
+    """The v- (or ε-) prediction network on standardised codes, with the code statistics and the noise schedule it
+    was fitted with: everything needed to sample codes (B, D) on the encoder's scale."""
 
     def __init__(self, dim: int, cfg: DiffusionConfig):
         super().__init__()
@@ -60,12 +78,12 @@ class DiffusionPrior(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         # The largest |standardised code| seen in the fit: sampling clips its estimate of the clean code to it, as
-        # image diffusion clips to the pixel range; near t = T, ᾱ_t is tiny and 1/√ᾱ_t amplifies any error of ε.
+        # image diffusion clips to the pixel range (a guard: a v-predictor's estimates stay inside it).
         self.register_buffer("bound", torch.tensor(float("inf")))
         self.register_buffer("alpha_bar", cosine_alpha_bar(cfg.timesteps).float())
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted noise (B, D) of standardised noisy codes x_t (B, D) at integer timesteps t (B,) in [0, T)."""
+        """Predicted v (or ε) (B, D) of standardised noisy codes x_t (B, D) at integer timesteps t (B,) in [0, T)."""
         temb = self.temb(_time_embedding(t, self.cfg.hidden))
         h = self.inp(x_t)
         for block in self.blocks:
@@ -74,8 +92,8 @@ class DiffusionPrior(nn.Module):
 
 
 def fit(codes: torch.Tensor, cfg: DiffusionConfig, seed: int) -> DiffusionPrior:
-    """Fit the prior to codes (N, D): each step draws a batch, a timestep and noise per code and regresses the
-    noise (mean squared error, the DDPM simple loss). Deterministic for a seed on one device."""
+    """Fit the prior to codes (N, D): each step draws a batch, a timestep and noise per code and regresses v (or
+    the noise) by mean squared error (the DDPM simple loss). Deterministic for a seed on one device."""
     codes = codes.float()
     n, dim = codes.shape
     if n < 2:
@@ -99,7 +117,7 @@ def fit(codes: torch.Tensor, cfg: DiffusionConfig, seed: int) -> DiffusionPrior:
         eps = torch.randn(len(idx), dim, generator=g)
         ab = prior.alpha_bar[t][:, None]  # (B, 1)
         x_t = ab.sqrt() * x[idx] + (1 - ab).sqrt() * eps
-        loss = F.mse_loss(prior(x_t, t), eps)
+        loss = F.mse_loss(prior(x_t, t), _target(cfg.prediction, x[idx], eps, ab))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,15 +126,16 @@ def fit(codes: torch.Tensor, cfg: DiffusionConfig, seed: int) -> DiffusionPrior:
 
 
 def loss(prior: DiffusionPrior, codes: torch.Tensor, seed: int) -> float:
-    """The fitted objective on codes (N, D): mean squared error of the predicted noise over random timesteps (a
-    held-out value near the training one means the prior did not memorise its codes)."""
+    """The fitted objective on codes (N, D): mean squared error of the predicted v (or noise) over random timesteps
+    (a held-out value near the training one means the prior did not memorise its codes)."""
     g = torch.Generator().manual_seed(seed)
     x = (codes.float() - prior.mean) / prior.std
     t = torch.randint(prior.cfg.timesteps, (len(x),), generator=g)
     eps = torch.randn(x.shape, generator=g)
     ab = prior.alpha_bar[t][:, None]
     with torch.no_grad():
-        return float(F.mse_loss(prior((ab.sqrt() * x + (1 - ab).sqrt() * eps), t), eps))
+        out = prior((ab.sqrt() * x + (1 - ab).sqrt() * eps), t)
+        return float(F.mse_loss(out, _target(prior.cfg.prediction, x, eps, ab)))
 
 
 @torch.no_grad()
@@ -133,8 +152,8 @@ def sample(prior: DiffusionPrior, n: int, generator: torch.Generator, steps: int
     for i, t in enumerate(ts):
         a_t = ab[t]
         a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
-        eps = prior(x, t.expand(n)).double()
-        x0 = ((x.double() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-float(prior.bound), float(prior.bound))
+        x0 = _clean_estimate(prior.cfg.prediction, x.double(), prior(x, t.expand(n)).double(), a_t)
+        x0 = x0.clamp(-float(prior.bound), float(prior.bound))
         eps = (x.double() - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # the noise that the clipped x0 implies
         x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).float()
     return x * prior.std + prior.mean

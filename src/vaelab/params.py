@@ -177,6 +177,9 @@ class EvaluateConfig:
         _check(all(0.25 <= v <= 4 for v in self.scale_levels), "evaluate.scale_levels", "must lie in [0.25, 4]")
 
 
+PREDICTIONS = ("v", "eps")
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The learned prior over codes (vaelab.diffusion): the denoiser's size, its fit and its sampling."""
@@ -189,8 +192,11 @@ class DiffusionConfig:
     lr: float = 1e-3
     sample_steps: int = 50  # DDIM steps at sampling, spread evenly over the timesteps
     temperature: float = 1.0  # the starting noise's standard deviation (< 1: fewer, more typical samples)
+    prediction: str = "v"  # what the network predicts: v = √ᾱ·ε − √(1−ᾱ)·x (Salimans & Ho 2022) or eps (the noise)
 
     def __post_init__(self) -> None:
+        _check(self.prediction in PREDICTIONS, "sampling.diffusion.prediction",
+               f"must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("hidden", "blocks", "timesteps", "train_steps", "batch_size", "sample_steps"):
             _check(getattr(self, name) >= 1, f"sampling.diffusion.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.sample_steps <= self.timesteps, "sampling.diffusion.sample_steps",

@@ -383,12 +383,16 @@ def _errorbar(ax, rows: Sequence[dict], x: str, y: str, **kw) -> None:
     ax.errorbar([r[x] for r in rows], [r[y] for r in rows], yerr=np.clip(err, 0, None), capsize=3, ms=4, **kw)
 
 
-def sweep_rate_distortion(points: Sequence[dict], marked: Sequence[dict]) -> plt.Figure:
-    """The rate–distortion plane of the sweep (Alemi et al. 2018): one point per β with its 95% intervals, dashed
-    lines of equal negative ELBO (R + D = c), and the full-recipe models as marked points."""
+def sweep_rate_distortion(points: Sequence[dict], marked: Sequence[dict], seeds: Sequence[dict] = ()) -> plt.Figure:
+    """The rate–distortion plane of the sweep (Alemi et al. 2018): one point per β with its 95% intervals, the same
+    β trained with other seeds as hollow points (the seed-to-seed spread), dashed lines of equal negative ELBO
+    (R + D = c), and the full-recipe models as marked points."""
     points = sorted(points, key=lambda r: r["beta"])
     fig, ax = plt.subplots(figsize=(7.5, 5.5), constrained_layout=True)
     _errorbar(ax, points, "rate_nats", "distortion_nats", fmt="o-", color="C0", label="sweep (cheap recipe)")
+    if seeds:
+        ax.plot([r["rate_nats"] for r in seeds], [r["distortion_nats"] for r in seeds], "o", mfc="none", ms=8,
+                color="C1", label="same β, other seeds")
     for r in points:
         ax.annotate(f"β={r['beta']:g}", (r["rate_nats"], r["distortion_nats"]), textcoords="offset points",
                     xytext=(5, 5), fontsize=8)
@@ -396,7 +400,7 @@ def sweep_rate_distortion(points: Sequence[dict], marked: Sequence[dict]) -> plt
         ax.plot(r["rate_nats"], r["distortion_nats"], "*", ms=13, color="C3", zorder=4)
         ax.annotate(f"full recipe β={r['beta']:g}", (r["rate_nats"], r["distortion_nats"]),
                     textcoords="offset points", xytext=(6, -12), fontsize=8, color="C3")
-    every = list(points) + list(marked)
+    every = list(points) + list(marked) + list(seeds)
     xs = [r["rate_nats"] for r in every]
     ys = [r["distortion_nats"] for r in every]
     x_hi = max(xs) * 1.15 + 1
@@ -414,13 +418,16 @@ def sweep_rate_distortion(points: Sequence[dict], marked: Sequence[dict]) -> plt
     return fig
 
 
-def sweep_metrics(points: Sequence[dict], marked: Sequence[dict]) -> plt.Figure:
-    """Each sweep metric against β (log axis) with its 95% interval; full-recipe models as stars."""
+def sweep_metrics(points: Sequence[dict], marked: Sequence[dict], seeds: Sequence[dict] = ()) -> plt.Figure:
+    """Each sweep metric against β (log axis) with its 95% interval; the same β with other seeds as hollow points;
+    full-recipe models as stars."""
     points = sorted(points, key=lambda r: r["beta"])
     fig, axes = plt.subplots(3, 3, figsize=(13, 10), constrained_layout=True)
     for ax, (key, label) in zip(axes.flat, SWEEP_PANELS):
         have = [r for r in points if key in r]
         _errorbar(ax, have, "beta", key, fmt="o-", color="C0")
+        others = [r for r in seeds if key in r]
+        ax.plot([r["beta"] for r in others], [r[key] for r in others], "o", mfc="none", ms=8, color="C1")
         for r in marked:
             if key in r:
                 ax.plot(r["beta"], r[key], "*", ms=11, color="C3")
@@ -428,7 +435,8 @@ def sweep_metrics(points: Sequence[dict], marked: Sequence[dict]) -> plt.Figure:
         ax.set_xlabel("β")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle("β sweep: each metric against β (dots: sweep, cheap recipe; stars: full recipe; bars: 95% intervals)")
+    fig.suptitle("β sweep: each metric against β (dots: sweep, cheap recipe; hollow: the same β, other seeds; "
+                 "stars: full recipe; bars: 95% intervals)")
     return fig
 
 

@@ -80,7 +80,8 @@ def choices(params: Params, precisions: list[str]) -> list[str]:
         f"Ex-post samplers (stage `sampler`), both fitted to the posterior means of the training images less "
         f"{params.sampling.holdout} held out (the ceiling set): a {params.sampling.gmm_components}-component "
         f"full-covariance Gaussian mixture fitted by EM (Ghosh et al. 2020), and a diffusion prior "
-        f"({params.sampling.diffusion.blocks} residual MLP blocks of width {params.sampling.diffusion.hidden}, "
+        f"({params.sampling.diffusion.prediction}-prediction, {params.sampling.diffusion.blocks} residual MLP "
+        f"blocks of width {params.sampling.diffusion.hidden}, "
         f"{params.sampling.diffusion.train_steps} steps; DDIM sampling in {params.sampling.diffusion.sample_steps} "
         f"steps at temperature {params.sampling.diffusion.temperature:g}; Dai & Wipf 2019's two-stage VAE). Every "
         f"figure, the CLI and the registered model draw from the {params.sampling.prior} (`sampling.prior`).",

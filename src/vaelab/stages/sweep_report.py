@@ -81,8 +81,9 @@ def main() -> int:
     shown = sorted({points[0]["beta"], near5, high})
     with torch.no_grad():
         traversals = traversal_figure([f"{b:g}" for b in shown], shown, ds.test_x, params)
-    figures = {"rate_distortion.png": plots.sweep_rate_distortion(points, marked),
-               "metrics_vs_beta.png": plots.sweep_metrics(points, marked),
+    seeds = [r for r in runs if r["seed"] != params.seed]  # drawn beside the sweep's own points
+    figures = {"rate_distortion.png": plots.sweep_rate_distortion(points, marked, seeds),
+               "metrics_vs_beta.png": plots.sweep_metrics(points, marked, seeds),
                "kl_spectrum.png": plots.kl_spectrum(kl), "traversals.png": traversals}
     publish(params, tracking.SWEEP, figures, layout.SWEEP_FIGURES, layout.SWEEP_METRICS)
     print(f"sweep_report: {len(points)} points, rate {points[0]['rate_nats']:.1f} → {points[-1]['rate_nats']:.1f} "
