@@ -84,8 +84,8 @@ def test_stage_deps_cover_imported_modules(stage):
 
 
 def test_the_source_reading_finds_every_module_an_import_loads():
-    """The known answer for the reading above: what a fresh interpreter loads on importing the training stage (the
-    stage that imports the most) is all among the files the reading finds."""
+    """The known answer for the reading above: what a fresh interpreter loads on importing the training stage is
+    all among the files the reading finds."""
     module, _ = _stage_module("train")
     loaded = _imported_package_files(module)
     assert "src/vaelab/loss.py" in loaded and loaded <= _reachable_package_files(module), \
