@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -81,8 +82,7 @@ def main() -> None:
     score("as trained", model)
     for name, weight in (("fine-tuned, reconstruction only", 0.0), ("fine-tuned + adversarial", cfg.disc_weight)):
         tuned = copy.deepcopy(model)
-        run_cfg = from_dict(AdversarialConfig, {**vars(cfg), "disc_widths": list(cfg.disc_widths),
-                                                "disc_weight": weight})
+        run_cfg = dataclasses.replace(cfg, disc_weight=weight)
         disc = adversarial.PatchDiscriminator(run_cfg.disc_widths)
         t0 = time.perf_counter()
         state = adversarial.finetune(tuned, disc, ds.train_x, run_cfg, args.seed, device)

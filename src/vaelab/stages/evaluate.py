@@ -171,9 +171,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
           f"{m['sampler_fcd']:.2f} ({chosen}; the other {m[next(k for k in SAMPLERS if k != chosen) + '_fcd']:.2f}), "
           f"class entropy {m['sampler_class_entropy']:.2f}; ceiling fcd {m['ceiling_fcd']:.2f}; fcd to the nearest "
           f"training images {m['copy_fcd']:.2f} (two halves of the training set {m['halves_fcd']:.2f}); "
-          f"reconstructions: fcd "
-          f"{m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}; audit: sampler fcd "
-          f"{m['audit_sampler_fcd']:.2f}, reconstructions {m['audit_recon_fcd']:.2f}; sharpness ratio: sampler "
+          f"reconstructions: fcd {m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}; "
+          f"audit: sampler fcd {m['audit_sampler_fcd']:.2f}, reconstructions {m['audit_recon_fcd']:.2f}; "
+          f"sharpness ratio: sampler "
           f"{m['sampler_sharpness_ratio']:.3f}, reconstructions {m['recon_sharpness_ratio']:.3f}; "
           f"{m['eval_seconds']:.0f} s")
     return 0

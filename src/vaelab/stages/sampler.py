@@ -111,8 +111,8 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     print(f"sampler: β = {beta:g}: fitted to {len(fit_mu)} training codes ({len(held_idx)} held out): "
           f"{sp.gmm_components}-component mixture, {summary['train_log_prob']:.1f} / {summary['test_log_prob']:.1f} "
           f"nats per fitted / test code; diffusion prior, {sp.diffusion.prediction} loss "
-          f"{summary['diffusion_train_loss']:.4f} / "
-          f"{summary['diffusion_test_loss']:.4f}; FD of the drawn codes to held-out ones: mixture "
+          f"{summary['diffusion_train_loss']:.4f} / {summary['diffusion_test_loss']:.4f}; FD of the drawn codes to "
+          f"held-out ones: mixture "
           f"{summary['mixture_code_fd']:.2f}, diffusion {summary['diffusion_code_fd']:.2f}; draws from the {sp.prior}; "
           f"registered "
           f"{params.tracking.registered_model} v{version} @{alias}; {summary['fit_seconds']:.0f} s")
