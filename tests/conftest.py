@@ -154,6 +154,9 @@ def make_small_repo(dest: Path) -> Path:
     params["sampling"].update({"prior": "diffusion", "holdout": 100, "diffusion": {"hidden": 32, "blocks": 1, "timesteps": 100,
                                                              "train_steps": 20, "batch_size": 128, "lr": 0.001,
                                                              "sample_steps": 5, "temperature": 1.0}})
+    # A few fine-tune steps in two checkpointed chunks, the adversarial term on for the last two.
+    params["decoder"].update({"disc_widths": [8, 16, 16], "steps": 4, "batch_size": 16, "disc_start": 2,
+                              "checkpoint_every": 2})
     params["timings"].update({"benchmark_steps": 2, "benchmark_warmup": 1, "profile_steps": 1})
     params["sweep"].update({"betas": [1, 64], "subset": 1000, "epochs": 1, "eval_images": 200, "traversal_dims": 2,
                             "spread_betas": [64], "spread_seeds": [1]})
@@ -168,7 +171,7 @@ def make_small_repo(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sampler_repo(tmp_path_factory) -> Path:
-    """A tiny copy that reproduced `sampler@1` (download, features, train@1, sampler@1) and committed dvc.lock and
+    """A tiny copy that reproduced `sampler@1` (download, features, train@1, decoder@1, sampler@1) and committed dvc.lock and
     the small git-tracked results; shared by the remote, queue and tracking-server tests (clone it, or share its
     cache, rather than change its files)."""
     repo = make_small_repo(tmp_path_factory.mktemp("sampler") / "repo")

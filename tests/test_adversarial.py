@@ -89,7 +89,7 @@ def test_a_stopped_and_resumed_finetune_ends_bit_identical():
 
 
 def test_adversarial_settings_are_checked_by_name():
-    with pytest.raises(ParamsError, match="adversarial.disc_start"):
+    with pytest.raises(ParamsError, match="decoder.disc_start"):
         dataclasses.replace(CFG, disc_start=6)
-    with pytest.raises(ParamsError, match="adversarial.disc_widths"):
+    with pytest.raises(ParamsError, match="decoder.disc_widths"):
         dataclasses.replace(CFG, disc_widths=(8, 16))

@@ -50,6 +50,7 @@ def expected_beta_outputs(tag: str) -> dict[str, set[str]]:
     p = BetaPaths(tag)
     return {
         f"train@{tag}": s(p.model_dir, p.train_metrics, p.history, p.steps, layout.timing_file(f"train@{tag}")),
+        f"decoder@{tag}": s(p.tuned_dir, p.decoder_metrics, p.decoder_steps, layout.timing_file(f"decoder@{tag}")),
         f"sampler@{tag}": s(p.sampler_dir, p.sampler_metrics, layout.timing_file(f"sampler@{tag}")),
         f"evaluate@{tag}": s(p.eval_metrics, p.kl_per_dim, p.factor_response, layout.timing_file(f"evaluate@{tag}")),
         f"figures@{tag}": s(p.figures, layout.timing_file(f"figures@{tag}")),
@@ -65,9 +66,12 @@ def test_dvc_yaml_writes_where_the_layout_says_for_every_beta(tmp_path, betas):
         assert p.model.parent == p.model_dir and p.sampler.parent == p.sampler_dir == p.registered.parent
         for stage, outs in expected_beta_outputs(tag).items():
             assert stages[stage]["outs"] == outs, stage
-        assert s(p.model_dir) <= stages[f"sampler@{tag}"]["deps"]
-        assert s(p.model_dir, p.sampler_dir) <= stages[f"evaluate@{tag}"]["deps"]
-        assert s(p.model_dir, p.sampler_dir, p.history, p.steps, p.kl_per_dim, p.factor_response) <= \
+        assert p.tuned_model.parent == p.tuned_dir and p.decoder_checkpoint.parent == p.checkpoint.parent
+        assert s(p.model_dir) <= stages[f"decoder@{tag}"]["deps"]
+        # The run record of the β's MLflow run lies in model_dir; the model they decode with in tuned_dir.
+        assert s(p.model_dir, p.tuned_dir) <= stages[f"sampler@{tag}"]["deps"]
+        assert s(p.model_dir, p.tuned_dir, p.sampler_dir) <= stages[f"evaluate@{tag}"]["deps"]
+        assert s(p.model_dir, p.tuned_dir, p.sampler_dir, p.history, p.steps, p.kl_per_dim, p.factor_response) <= \
             stages[f"figures@{tag}"]["deps"]
         # Every file the report reads for this beta lies in a folder it depends on.
         report = stages["report"]["deps"]

@@ -297,6 +297,34 @@ def test_render_tables_show_every_beta_value_and_interval_from_the_input():
     assert factors[0]["concentration (top-2 share gap) ↑"] == shown(by_beta[1], "factor_score_brightness", "{:.3f}")
 
 
+def test_the_decoder_table_puts_each_decoders_numbers_of_the_same_codes_side_by_side():
+    rows = [row(5, fcd=60.0), row(1)]
+    assert "## The decoder" not in report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS)  # no decoder stage ran
+    for r in rows:
+        # The decoder as trained: its own numbers (FCD 1.5 times the fine-tuned one's), the VAE's PSNR.
+        r |= {f"trained_{k}": 1.5 * v for k, v in list(r.items()) if k.startswith(
+            ("mixture_", "diffusion_", "ceiling_", "recon_"))}
+        r |= {k.replace("test_psnr", "tuned_test_psnr"): v - 0.5 for k, v in list(r.items())
+              if k.startswith("test_psnr")}
+        r |= {"finetune_steps": 600, "finetune_batch_size": 64, "finetune_seconds": 300.0, "finetune_disc_weight": 0.5,
+              "finetune_last_lambda": 254.0, "finetune_summary_steps": 50, "finetune_last_d_real": 1.1,
+              "finetune_last_d_fake": -0.9}
+    md = report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS)
+    assert "## The decoder: as trained and fine-tuned" in md and "600 steps of 64 in 5.0 min" in md
+    shown_rows = {t["images"]: t for t in md_table(md, "sharpness (real = 1)")}
+    assert len(shown_rows) == 2 * len(tables.DECODER_SETS) * len(tables.DECODERS)
+    for r in rows:
+        for prefix, what in tables.DECODER_SETS:
+            for decoder, name in tables.DECODERS:
+                t = shown_rows[f"β = {r['beta']:g}: {what}, decoder {name}"]
+                assert t["FCD ↓"] == shown(r, f"{decoder}{prefix}fcd", "{:.2f}"), (decoder, prefix)
+                assert t["sharpness (real = 1)"] == shown(r, f"{decoder}{prefix}sharpness_ratio", "{:.3f}")
+        recon = {name: shown_rows[f"β = {r['beta']:g}: reconstructions, decoder {name}"] for _, name in tables.DECODERS}
+        assert recon["as trained"]["PSNR (dB) ↑"] == shown(r, "test_psnr", "{:.2f}")
+        assert recon["fine-tuned"]["PSNR (dB) ↑"] == shown(r, "tuned_test_psnr", "{:.2f}")
+        assert shown_rows[f"β = {r['beta']:g}: ceiling, decoder as trained"]["PSNR (dB) ↑"] == claims.MISSING
+
+
 def test_render_keeps_every_section_and_figure():
     rows = [row(1, rate=120.0), row(5, rate=30.0)]
     md = report.render(rows, FIGURE_DIRS, SETUP, REFERENCE, LINKS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import signal
@@ -92,7 +93,7 @@ def test_the_source_reading_finds_every_module_an_import_loads():
         sorted(loaded - _reachable_package_files(module))
 
 
-@pytest.mark.parametrize("stage", ["judge", "audit", "features", "train", "sampler"])
+@pytest.mark.parametrize("stage", ["judge", "audit", "features", "train", "decoder", "sampler"])
 def test_expensive_stages_stay_in_the_run_cache(stage):
     """DVC 3 keeps a stage with a `cache: false` entry under `outs:` out of its run-cache (under `metrics:` or
     `plots:` it does not): the stages that cost minutes must have none, or a shared cache cannot restore them
@@ -170,12 +171,19 @@ def test_dvc_repro_end_to_end(reproduced_repo):
         for key in headline:
             assert ev[f"{key}_lo"] <= ev[key] + 1e-9 and ev[key] <= ev[f"{key}_hi"] + 1e-9, key
         assert not any(k.startswith(("gmm_", "tau_")) for k in ev)
+        # The decoder ablation: the same codes decoded by the decoder as trained, judged alike.
+        for key in ("trained_sampler_fcd", "trained_mixture_fcd", "trained_diffusion_fcd", "trained_ceiling_fcd",
+                    "trained_recon_fcd", "trained_recon_judge_accuracy", "tuned_test_psnr"):
+            assert ev[f"{key}_lo"] <= ev[key] + 1e-9 <= ev[f"{key}_hi"] + 2e-9, key
+        tuned = json.loads((repo / "metrics" / "betas" / f"beta_{tag}" / "decoder.json").read_text())
+        assert tuned["steps"] == 4 and all(math.isfinite(tuned[f"last_{k}"]) for k in ("lambda", "d_real", "l_rec"))
     for section in ("## Likelihood and reconstruction", "## Sample quality", "## Organisation of the latent space",
                     "| real train images (reference) |", "(comparison/rate_distortion.png)",
                     "(comparison/traversals.png)", "(comparison/training_curves.png)", "| β = 5: z ~ N(0, I) decoded |",
                     "| β = 1: diffusion sampler |", "| β = 1: mixture sampler |",
                     "| β = 1: ceiling: held-out training codes decoded |", "figures/beta_5/sampler_samples.png)",
-                    "figures/beta_1/interpolation_sampler.png)", "| rotation, β = 1 |"):
+                    "figures/beta_1/interpolation_sampler.png)", "| rotation, β = 1 |",
+                    "## The decoder: as trained and fine-tuned", "| β = 5: reconstructions, decoder as trained |"):
         assert section in md, section
     # The β sweep and the control study: one point per beta (and seed), every interval holding its estimate.
     sweep = json.loads((repo / "metrics" / "sweep.json").read_text())
@@ -217,7 +225,12 @@ def test_dvc_repro_end_to_end(reproduced_repo):
     assert children == {"sweep/beta=1": parents["beta-sweep"], "sweep/beta=64": parents["beta-sweep"],
                         "sweep/beta=64/seed=1": parents["beta-sweep"],
                         "control/beta=1/seed=0": parents["control-study"],
-                        "control/beta=8/seed=0": parents["control-study"]}
+                        "control/beta=8/seed=0": parents["control-study"],
+                        # each β's decoder fine-tune nests under the β's run
+                        "beta=1/decoder": runs["beta=1"]["run_id"], "beta=5/decoder": runs["beta=5"]["run_id"]}
+    finetune = next(r for r in every if r["name"] == "beta=1/decoder")
+    assert finetune["status"] == "FINISHED" and finetune["params"]["decoder.steps"] == "4"
+    assert [s for s, _ in tracking.metric_history(uri, finetune["run_id"], "lambda")] == [1, 2, 3, 4]
     for name, r in runs.items():
         assert r["status"] == "FINISHED"
         assert r["tags"]["dvc_stage"] == f"train@{name.split('=')[1]}"
@@ -330,7 +343,8 @@ def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one
     folder = repo / "models" / "sampler" / "beta_1"
     state, settings = storage.load_state(folder / "alternative.pt")  # the mixture, judged beside the prior
     assert settings["kind"] == "mixture" and settings["components"] == len(state["weights"]) == 10
-    assert settings["model_md5"] == storage.weights_md5(repo / "models" / "beta_1" / "model.pt")
+    # Fitted to the codes of the model that every consumer decodes with: the decoder of decoder@1.
+    assert settings["model_md5"] == storage.weights_md5(repo / "models" / "decoder" / "beta_1" / "model.pt")
     prior_state, prior_settings = storage.load_state(folder / "sampler.pt")  # what every consumer draws from
     assert prior_settings["kind"] == "diffusion" and prior_settings["diffusion"]["train_steps"] == 20
     originals = {p: p.read_bytes() for p in folder.glob("*.pt")}
@@ -373,6 +387,25 @@ def test_edits_rerun_only_the_stages_that_use_them(reproduced_repo):
         assert changed == {"audit", "reference", "evaluate@1", "evaluate@5"}, changed
     finally:
         resnet.write_text(original)
+    # The decoder's fine-tune: its module and its params rerun the fine-tunes, never a VAE's training.
+    adversarial = repo / "src" / "vaelab" / "adversarial.py"
+    original = adversarial.read_text()
+    try:
+        adversarial.write_text(original + "# an edit of the fine-tune\n")
+        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
+        assert changed == {"decoder@1", "decoder@5"}, changed
+    finally:
+        adversarial.write_text(original)
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["decoder"]["disc_weight"] = 0.25
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
+        assert changed == {"decoder@1", "decoder@5"}, changed
+    finally:
+        params_file.write_text(original)
     # Evaluation settings rerun the evaluation, never a classifier.
     params_file = repo / "params.yaml"
     original = params_file.read_text()

@@ -285,6 +285,8 @@ def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(sampl
     params["train"].update({"epochs": 3, "batch_size": 64, "warmup_steps": 10, "processes": 2})
     # The sampler stage registers the model; its diffusion prior at the shipped 6,000 steps would cost minutes here.
     params["sampling"]["diffusion"].update({"hidden": 32, "blocks": 1, "train_steps": 20, "sample_steps": 5})
+    # The sampler decodes with the fine-tuned decoder: two steps of it.
+    params["decoder"].update({"disc_widths": [8, 16, 16], "steps": 2, "batch_size": 16, "disc_start": 1})
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     features = ClassifierConfig(arch="vgg", widths=(8, 16, 16), bf16=False)
     torch.manual_seed(0)
@@ -296,9 +298,10 @@ def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(sampl
     r = _stage(["vaelab.stages.train", "--beta", "1"], whole, _env(store), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "torch.distributed.run --standalone --nproc-per-node=2" in r.stdout and "× 2 processes" in r.stdout
-    r = _stage(["vaelab.stages.sampler", "--beta", "1"], whole, _env(store), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run,) = tracking.find_runs(store, "cifar10-beta-vae")
+    for stage in ("decoder", "sampler"):
+        r = _stage([f"vaelab.stages.{stage}", "--beta", "1"], whole, _env(store), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = [r for r in tracking.find_runs(store, "cifar10-beta-vae") if r["name"] == "beta=1"]
     assert run["status"] == "FINISHED" and run["params"]["train.processes"] == "2"
     assert [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")] == [1, 2, 3]
     (version,) = tracking.model_versions(store, params["tracking"]["registered_model"])
@@ -322,3 +325,78 @@ def test_two_processes_write_once_and_resume_after_sigkill_of_the_launcher(sampl
     _rerun_resumes_to(killed, store, state["epoch"], wa, ha)
     (run,) = tracking.find_runs(store, "cifar10-beta-vae")
     assert [s for s, _ in tracking.metric_history(store, run["run_id"], "train_loss")] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def decoder_workspace(tmp_path_factory, fake_archive):
+    """A folder with a (fake) dataset, an untrained VAE saved as train@1 saves one, its MLflow run and params for a
+    30-step fine-tune of its decoder, checkpointed every 5 steps."""
+    root = tmp_path_factory.mktemp("decoder_ws")
+    data.prepare([fake_archive], "http://127.0.0.1:9/x", "0" * 32, root / "data" / data.BATCHES_DIR, 1.0)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["subset"] = 256
+    params["decoder"].update({"disc_widths": [8, 16, 16], "steps": 30, "batch_size": 16, "disc_start": 10,
+                              "checkpoint_every": 5})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    torch.manual_seed(0)
+    storage.save_model(root / "models" / "beta_1" / "model.pt", VAE(SMALL),
+                       {"beta": 1.0, "seed": 0, "data": {"subset": 256}, "model": to_dict(SMALL),
+                        "train": to_dict(TrainConfig())})
+    return root
+
+
+def _decoder_copy(src: Path, dest: Path) -> tuple[Path, str]:
+    """A copy of the decoder workspace with its own MLflow store holding the β's train run; (folder, store)."""
+    dest.mkdir()
+    (dest / "params.yaml").write_text((src / "params.yaml").read_text())
+    (dest / "data").symlink_to(src / "data")
+    (dest / "models" / "beta_1").mkdir(parents=True)
+    (dest / "models" / "beta_1" / "model.pt").write_bytes((src / "models" / "beta_1" / "model.pt").read_bytes())
+    store = f"sqlite:///{dest / 'mlflow.db'}"
+    code = ("import json, sys; from vaelab import tracking\n"
+            "with tracking.run(sys.argv[1], 'cifar10-beta-vae', 'beta=1') as run_id:\n"
+            "    json.dump({'run_id': run_id, 'run_name': 'beta=1', 'tracking_uri': sys.argv[1],"
+            " 'experiment': 'cifar10-beta-vae'}, open(sys.argv[2], 'w'))\n")
+    subprocess.run([sys.executable, "-c", code, store, str(dest / "models" / "beta_1" / "mlflow_run.json")],
+                   env=_env(store), check=True, timeout=120)
+    return dest, store
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_decoder_finetune_then_rerun_resumes_bit_identically(decoder_workspace, tmp_path):
+    straight, store_a = _decoder_copy(decoder_workspace, tmp_path / "a")
+    r = _stage(["vaelab.stages.decoder", "--beta", "1"], straight, _env(store_a), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tuned = straight / "models" / "decoder" / "beta_1" / "model.pt"
+    rows = pd.read_csv(straight / "metrics" / "betas" / "beta_1" / "decoder_steps.csv")
+    assert list(rows["step"]) == list(range(1, 31)) and (rows["lambda"][10:] > 0).all()
+
+    ws, store = _decoder_copy(decoder_workspace, tmp_path / "killed")
+    ckpt = ws / "checkpoints" / "beta_1" / "decoder.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab.stages.decoder", "--beta", "1"], cwd=ws, env=_env(store),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and storage.load_checkpoint(ckpt)["state"]["step"] >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ws / "models" / "decoder").exists()  # nothing final was written
+    at = storage.load_checkpoint(ckpt)["state"]["step"]
+    assert 10 <= at < 30
+    r = _stage(["vaelab.stages.decoder", "--beta", "1"], ws, _env(store), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming after step {at}" in r.stdout
+    # The same bytes as the run that was never stopped (encoder, decoder and σ̂), the same per-step rows.
+    assert (ws / "models" / "decoder" / "beta_1" / "model.pt").read_bytes() == tuned.read_bytes()
+    pd.testing.assert_frame_equal(pd.read_csv(ws / "metrics" / "betas" / "beta_1" / "decoder_steps.csv"), rows)
+    assert not ckpt.exists()
+    # MLflow: one fine-tune run, nested under the β's run, continued after the kill, each step logged once.
+    runs = {r["name"]: r for r in tracking.find_runs(store, "cifar10-beta-vae")}
+    assert set(runs) == {"beta=1", "beta=1/decoder"}
+    run = runs["beta=1/decoder"]
+    assert run["tags"]["mlflow.parentRunId"] == runs["beta=1"]["run_id"] and run["status"] == "FINISHED"
+    assert run["tags"]["resumed_from_step"] == str(at)
+    assert [s for s, _ in tracking.metric_history(store, run["run_id"], "lambda")] == list(range(1, 31))

@@ -1,6 +1,6 @@
 """Sharing results between clones (docs/dvc-remote.md) and parallel queued sweeps (docs/sweeps.md).
 
-One tiny copy of the project (make_small_repo) reproduces `sampler@1` (download, features, train@1, sampler@1) and
+One tiny copy of the project (make_small_repo) reproduces `sampler@1` (download, features, train@1, decoder@1, sampler@1) and
 commits the result; then
 - a DVC remote, a local directory and an S3 bucket (moto's server): `dvc push --run-cache`, `git clone`,
   `dvc pull --run-cache`, and `dvc repro` reruns nothing in the clone;
@@ -24,7 +24,7 @@ from conftest import _run, free_port, git_env
 pytestmark = pytest.mark.slow
 
 TARGET = "sampler@1"
-STAGES = ("download", "features", "train@1", "sampler@1")  # what `dvc repro sampler@1` runs
+STAGES = ("download", "features", "train@1", "decoder@1", "sampler@1")  # what `dvc repro sampler@1` runs
 
 
 def _mtimes(repo: Path) -> dict[str, float]:

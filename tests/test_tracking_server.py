@@ -113,7 +113,7 @@ def server(tmp_path) -> Iterator[dict]:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")  # inside mlflow.server
 def test_pipeline_logs_to_the_team_server(server, sampler_repo, tmp_path, monkeypatch):
-    """train@1 and sampler@1 log to the server; the run, its metric history, its artifacts and the registered
+    """train@1, decoder@1 and sampler@1 log to the server; the run, its metric history, its artifacts and the registered
     model come back through the server; artifacts live in the server's destination; a wrong password gets 401."""
     import mlflow
     import psycopg2
@@ -127,14 +127,14 @@ def test_pipeline_logs_to_the_team_server(server, sampler_repo, tmp_path, monkey
     assert http_status(search, user, password) == 200
 
     # A clone of the session's tiny reproduced copy, on its cache: its data and feature network are checked out,
-    # and train@1 and sampler@1 run again (forced), now logging to the server.
+    # and train@1, decoder@1 and sampler@1 run again (forced), now logging to the server.
     repo = tmp_path / "repo"
     _run(["git", "clone", "-q", str(sampler_repo), str(repo)], tmp_path, _env(sampler_repo))
     env = {**_env(repo), "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": user,
            "MLFLOW_TRACKING_PASSWORD": password}
     _run(["dvc", "cache", "dir", "--local", str(sampler_repo / ".dvc" / "cache")], repo, env)
     _run(["dvc", "checkout", "download", "features"], repo, env)
-    for stage in ("train@1", "sampler@1"):
+    for stage in ("train@1", "decoder@1", "sampler@1"):
         log = _run(["dvc", "repro", "--force", "--single-item", stage], repo, env)
         assert f"Running stage '{stage}'" in log, log
 

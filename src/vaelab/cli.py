@@ -180,7 +180,9 @@ def run(args: argparse.Namespace) -> str:
         codec = load_codec(args.model, args.tracking_uri, getattr(args, "sampler", None))
     else:
         paths = beta_paths(args.beta)
-        codec = load_codec(str(paths.model), sampler=paths.sampler if paths.sampler.is_file() else None)
+        # The model the sampler was fitted with: its decoder fine-tuned by decoder@<beta> (the trained one before).
+        model = paths.tuned_model if paths.tuned_model.is_file() else paths.model
+        codec = load_codec(str(model), sampler=paths.sampler if paths.sampler.is_file() else None)
     if args.command == "sample":
         nrow = args.nrow or math.ceil(math.sqrt(args.n))
         if codec.sampler is not None and not args.prior:
@@ -225,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
     which = common.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a DVC model file (models/beta_1/model.pt) or an MLflow model URI (models:/"
                                        "cifar10-vae@beta-5, models:/cifar10-vae/3, models:/m-<id>, runs:/<id>/model)")
-    which.add_argument("--beta", help="shorthand for --model models/beta_<β>/model.pt with its sampler "
+    which.add_argument("--beta", help="shorthand for --model models/decoder/beta_<β>/model.pt with its sampler "
                                       "models/sampler/beta_<β>/sampler.pt")
     common.add_argument("--tracking-uri", help="MLflow store for URIs (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///<cwd>/mlflow.db)")

@@ -102,6 +102,29 @@ class BetaPaths(ModelFolder):
         return self.root / "models" / f"beta_{self.tag}"
 
     @property
+    def tuned_dir(self) -> Path:
+        # Stage decoder@<beta>: the model with its decoder fine-tuned against a patch discriminator (encoder as
+        # trained). The samplers, evaluation's sample sets, the figures and the CLI decode with it.
+        return self.root / "models" / "decoder" / f"beta_{self.tag}"
+
+    @property
+    def tuned_model(self) -> Path:
+        return self.tuned_dir / "model.pt"
+
+    @property
+    def decoder_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / f"beta_{self.tag}" / "decoder.pt"
+
+    @property
+    def decoder_metrics(self) -> Path:
+        return self.metrics_dir / "decoder.json"
+
+    @property
+    def decoder_steps(self) -> Path:
+        # One row per fine-tune step: L_rec, L_G, L_D, the adaptive λ, D's mean logits on real and fake images.
+        return self.metrics_dir / "decoder_steps.csv"
+
+    @property
     def sampler_dir(self) -> Path:
         # Stage sampler@<beta>: the ex-post density on the training codes, which evaluate, figures, the CLI and the
         # registered MLflow model all draw from, and the registered model's record.

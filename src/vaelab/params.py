@@ -208,28 +208,31 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class AdversarialConfig:
-    """The patch adversarial fine-tune of the decoder (vaelab.adversarial): its discriminator and its schedule."""
+    """The patch adversarial fine-tune of the decoder (stage decoder@<beta>, vaelab.adversarial): its
+    discriminator and its schedule. The defaults are the recipe measured by scripts/finetune_probe.py
+    (docs/metrics.md)."""
 
     disc_widths: tuple[int, ...] = (64, 128, 256)  # discriminator convolutions: 32 -> 16 -> 8 pixels, then 8x8 logits
-    steps: int = 2000  # optimiser steps of the fine-tune (decoder and discriminator one step each)
-    batch_size: int = 128
+    steps: int = 600  # optimiser steps of the fine-tune (decoder and discriminator one step each)
+    batch_size: int = 64
     lr: float = 1e-4  # the decoder's learning rate (Adam, β = (0.5, 0.9) as in VQGAN)
     disc_lr: float = 1e-4
-    disc_start: int = 500  # steps of the discriminator alone before its term reaches the decoder (VQGAN's warm-up)
-    disc_weight: float = 0.5  # the adversarial term's weight on top of the adaptive λ
+    disc_start: int = 150  # steps of the discriminator alone before its term reaches the decoder (VQGAN's warm-up)
+    disc_weight: float = 0.5  # the adversarial term's weight on top of the adaptive λ; 0 = a reconstruction-only fine-tune
     lambda_max: float = 1e4  # the adaptive λ is clamped to [0, lambda_max]: it explodes when ∇L_G vanishes
     augment_px: int = 2  # random translation of D's inputs, real and fake alike (DiffAugment); 0 = off
+    checkpoint_every: int = 100  # steps between checkpoints (a killed stage resumes from the last one)
 
     def __post_init__(self) -> None:
-        _check(len(self.disc_widths) == 3 and all(w >= 1 for w in self.disc_widths), "adversarial.disc_widths",
+        _check(len(self.disc_widths) == 3 and all(w >= 1 for w in self.disc_widths), "decoder.disc_widths",
                f"must list 3 widths >= 1, got {list(self.disc_widths)}")
-        for key in ("steps", "batch_size"):
-            _check(getattr(self, key) >= 1, f"adversarial.{key}", f"must be >= 1, got {getattr(self, key)}")
+        for key in ("steps", "batch_size", "checkpoint_every"):
+            _check(getattr(self, key) >= 1, f"decoder.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("lr", "disc_lr", "lambda_max"):
-            _check(getattr(self, key) > 0, f"adversarial.{key}", f"must be > 0, got {getattr(self, key)}")
-        _check(0 <= self.disc_start < self.steps, "adversarial.disc_start", f"must be in [0, steps), got {self.disc_start}")
-        _check(self.disc_weight >= 0, "adversarial.disc_weight", f"must be >= 0, got {self.disc_weight}")
-        _check(0 <= self.augment_px <= 8, "adversarial.augment_px", f"must be in 0..8, got {self.augment_px}")
+            _check(getattr(self, key) > 0, f"decoder.{key}", f"must be > 0, got {getattr(self, key)}")
+        _check(0 <= self.disc_start < self.steps, "decoder.disc_start", f"must be in [0, steps), got {self.disc_start}")
+        _check(self.disc_weight >= 0, "decoder.disc_weight", f"must be >= 0, got {self.disc_weight}")
+        _check(0 <= self.augment_px <= 8, "decoder.augment_px", f"must be in 0..8, got {self.augment_px}")
 
 
 SAMPLERS = ("mixture", "diffusion")
@@ -451,6 +454,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decoder: AdversarialConfig = field(default_factory=AdversarialConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     judge: ClassifierConfig = field(default_factory=ClassifierConfig)

@@ -67,6 +67,20 @@ ABLATION_COLUMNS = (
     ("rate_nats", "rate (nats)", "{:.1f}"),
     ("train_minutes", "train time (min)", "{:.1f}"),
 )
+# The decoder ablation (stage decoder@<beta>): each set of codes decoded by the decoder as trained (trained_* keys)
+# and by the fine-tuned one (unprefixed), judged alike.
+DECODERS = (("trained_", "as trained"), ("", "fine-tuned"))
+DECODER_SETS = (("mixture_", "mixture sampler"), ("diffusion_", "diffusion sampler"),
+                ("ceiling_", "ceiling"), ("recon_", "reconstructions"))
+DECODER_COLUMNS = (
+    ("fcd", "FCD ↓", "{:.2f}"),
+    ("kid", "KID ↓", "{:.3f}"),
+    ("judge_confidence", "judge confidence ↑", "{:.3f}"),
+    ("class_entropy", "class entropy (bits)", "{:.2f}"),
+    ("sharpness_ratio", "sharpness (real = 1)", "{:.3f}"),
+    ("judge_accuracy", "judge accuracy ↑", "{:.3f}"),
+    ("psnr", "PSNR (dB) ↑", "{:.2f}"),
+)
 SPREAD_COLUMNS = (
     ("test_bpd", "test bits/dim", "{:.3f}"),
     ("test_psnr", "PSNR (dB)", "{:.2f}"),
@@ -163,6 +177,22 @@ def audit_table(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] 
         labels.append(REAL)
     body, labels = _per_image_set(rows, _audited, body, labels)
     return table(body, AUDIT_COLUMNS, ("images", labels))
+
+
+def decoder_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per beta and set of codes (each sampler's draws, the ceiling, the test images' μ), the images of the decoder
+    as trained beside those of the fine-tuned decoder: the same codes, judged alike; PSNR for reconstructions."""
+    body, labels = [], []
+    for r in _by_beta(rows):
+        for prefix, what in DECODER_SETS:
+            for decoder, name in DECODERS:
+                cells = {k.removeprefix(decoder + prefix): v for k, v in r.items() if k.startswith(decoder + prefix)}
+                if prefix == "recon_":  # the decoded posterior mean's PSNR over the test set
+                    psnr = "test_psnr" if decoder else "tuned_test_psnr"
+                    cells |= {"psnr" + k.removeprefix(psnr): v for k, v in r.items() if k.startswith(psnr)}
+                body.append(cells)
+                labels.append(f"β = {r['beta']:g}: {what}, decoder {name}")
+    return table(body, DECODER_COLUMNS, ("images", labels))
 
 
 def organisation_table(rows: Sequence[Mapping[str, Any]]) -> str:

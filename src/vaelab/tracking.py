@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import mlflow
+from mlflow.entities import Metric
 import numpy as np
 import torch
 
@@ -147,6 +150,15 @@ def log_params(params: Mapping[str, Any]) -> None:
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log numeric metrics, at `step` (the epoch) for histories."""
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+def log_rows(rows: Sequence[Mapping[str, float]], step_key: str = "step", prefix: str = "") -> None:
+    """Log every finite number of each row at the row's own step (`step_key`), in batches of one request."""
+    client, run_id, now = mlflow.MlflowClient(), mlflow.active_run().info.run_id, int(time.time() * 1000)
+    entries = [Metric(prefix + k, float(v), now, int(r[step_key])) for r in rows for k, v in r.items()
+               if k != step_key and isinstance(v, (int, float)) and math.isfinite(v)]
+    for i in range(0, len(entries), 1000):  # MLflow's limit of metrics per batch
+        client.log_batch(run_id, metrics=entries[i:i + 1000])
 
 
 def log_artifact(path: Path, folder: str | None = None) -> None:

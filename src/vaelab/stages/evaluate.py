@@ -1,6 +1,10 @@
 """DVC stage `evaluate@<beta>`: every test-set metric of one model, each headline number with a 95% bootstrap
 interval (likelihood, organisation of the code, sample quality by the judge of z ~ N(0, I) decoded and of the
-ex-post sampler), as DVC metrics and in its MLflow run. Writes metrics only, no models."""
+ex-post sampler), as DVC metrics and in its MLflow run. Writes metrics only, no models.
+
+Likelihood and the code are the VAE's as trained (models/beta_<β>); every image set is decoded by the decoder of
+decoder@<beta> (unprefixed keys) and again, from the same codes, by the decoder as trained (trained_* keys): the
+decoder half of the ablation."""
 from __future__ import annotations
 
 import sys
@@ -26,12 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(params, beta: float, paths: layout.BetaPaths) -> int:
-    """Evaluate the model in paths.model with the default pipeline's judge and the sampler in paths.sampler;
-    write paths.eval_metrics and log them to the model's MLflow run. Returns the exit status."""
+    """Evaluate the model in paths.model, its fine-tuned decoder in paths.tuned_model and the samplers in
+    paths.sampler_dir with the default pipeline's judge and audit; write paths.eval_metrics and log them to the
+    model's MLflow run. Returns the exit status."""
     ev, seed, reps = params.evaluate, params.seed, params.evaluate.bootstrap
     t0 = time.perf_counter()
     device = runtime.device()
     model, config = load_model(paths.model, device)
+    tuned, _ = load_model(paths.tuned_model, device)
     try:
         fitted = {kind: load_sampler(paths, params, alternative=kind != params.sampling.prior) for kind in SAMPLERS}
     except samplers.StaleSamplerError as e:
@@ -58,6 +64,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     m["kl_dims_against_prior"] = model.prior is None
     n_iw = min(ev.iw_images, n_test)
     iw = metrics.iw_log_likelihood(model, ds.test_x[:n_iw], device, ev.iw_samples, ev.batch_size, bf16, seed)
+    m |= {f"tuned_{k}": v for k, v in metrics.likelihood_metrics(
+        metrics.per_image(tuned, ds.test_x, device, ev.batch_size, bf16, seed), reps, seed).items()
+          if k.startswith(("test_psnr", "test_recon_mse", "distortion_nats"))}
     m |= with_interval("test_iw_bpd", float(bits_per_dim(-iw.mean())),
                        bootstrap(lambda i: float(bits_per_dim(-iw[i].mean())), [n_iw], reps, seed))
     m["iw_samples"], m["iw_images"], m["latent_dim"], m["n_test_images"] = ev.iw_samples, n_iw, model.cfg.latent_dim, n_test
@@ -108,8 +117,8 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
                                    bootstrap(lambda i, j: quality.sharpness_ratio(hf[i], test_hf[j]),
                                              [len(hf), len(test_hf)], reps, seed + 3))
 
-    def decoded(z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([metrics.decode_uint8(model, zb) for zb in z.split(ev.batch_size)])
+    def decoded(z: torch.Tensor, decoder_model: torch.nn.Module = tuned) -> torch.Tensor:
+        return torch.cat([metrics.decode_uint8(decoder_model, zb) for zb in z.split(ev.batch_size)])
 
     g = torch.Generator().manual_seed(seed)
     # z ~ N(0, I) decoded directly (through the prior's flow for a flow-prior model), the literal prior samples.
@@ -119,8 +128,10 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     # The ex-post samplers, fitted once by sampler@<beta>: both judged (mixture_*, diffusion_*), the one every
     # consumer draws from also as sampler_*.
     chosen = params.sampling.prior
+    drawn = {}
     for kind, sampler in fitted.items():
-        images_u8 = decoded(samplers.draw(sampler, ev.n_samples, g))
+        drawn[f"{kind}_"] = samplers.draw(sampler, ev.n_samples, g)
+        images_u8 = decoded(drawn[f"{kind}_"])
         m |= judged(images_u8, f"{kind}_")
         if kind == chosen:
             chosen_images = images_u8
@@ -140,12 +151,21 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
     # codes' true distribution would score this; the distance of each sampler from it is the sampler's own error.
     _, held = split_codes(params, len(ds.train_x))
     held = held[:ev.n_samples]
-    m |= judged(decoded(train_mu[held]), "ceiling_")
+    drawn["ceiling_"] = train_mu[held]
+    m |= judged(decoded(drawn["ceiling_"]), "ceiling_")
     m["ceiling_images"] = len(held)
     timed("ceiling judged")
     n_rec = min(ev.n_samples, n_test)
     m |= judged(decoded(mu[:n_rec]), "recon_", ds.test_y[:n_rec])
     timed("reconstructions judged")
+    # The same codes decoded by the decoder as trained: what the fine-tune changed, set by set.
+    for name, z in drawn.items():
+        m |= judged(decoded(z, model), f"trained_{name}")
+    m |= judged(decoded(mu[:n_rec], model), "trained_recon_", ds.test_y[:n_rec])
+    for prefix in ("", "audit_"):
+        m |= {prefix + "trained_sampler_" + k.removeprefix(f"{prefix}trained_{chosen}_"): v
+              for k, v in list(m.items()) if k.startswith(f"{prefix}trained_{chosen}_")}
+    timed("the decoder as trained judged on the same codes")
     m["bootstrap_reps"] = reps
     m["eval_seconds"] = time.perf_counter() - t0
 
@@ -171,7 +191,9 @@ def run(params, beta: float, paths: layout.BetaPaths) -> int:
           f"{m['sampler_fcd']:.2f} ({chosen}; the other {m[next(k for k in SAMPLERS if k != chosen) + '_fcd']:.2f}), "
           f"class entropy {m['sampler_class_entropy']:.2f}; ceiling fcd {m['ceiling_fcd']:.2f}; fcd to the nearest "
           f"training images {m['copy_fcd']:.2f} (two halves of the training set {m['halves_fcd']:.2f}); "
-          f"reconstructions: fcd {m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}; "
+          f"reconstructions: fcd {m['recon_fcd']:.2f}, judge accuracy {m['recon_judge_accuracy']:.3f}, PSNR "
+          f"{m['tuned_test_psnr']:.2f} dB; decoder as trained: sampler fcd {m['trained_sampler_fcd']:.2f}, "
+          f"reconstructions fcd {m['trained_recon_fcd']:.2f}; "
           f"audit: sampler fcd {m['audit_sampler_fcd']:.2f}, reconstructions {m['audit_recon_fcd']:.2f}; "
           f"sharpness ratio: sampler "
           f"{m['sampler_sharpness_ratio']:.3f}, reconstructions {m['recon_sharpness_ratio']:.3f}; "

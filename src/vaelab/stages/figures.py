@@ -18,7 +18,8 @@ from vaelab.stages.sampler import load_sampler
 def main(argv: list[str] | None = None) -> int:
     params, beta, paths = runtime.beta_stage("figures", argv, __doc__)
     device = runtime.device()
-    model, config = load_model(paths.model, device)
+    # The encoder as trained with the decoder of decoder@<beta>: what the sampler was fitted with.
+    model, config = load_model(paths.tuned_model, device)
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     history, steps = pd.read_csv(paths.history), pd.read_csv(paths.steps)
     kl_dims = pd.read_csv(paths.kl_per_dim)["kl_nats"].tolist()

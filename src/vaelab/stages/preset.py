@@ -3,7 +3,7 @@
 Presets are what the default run is compared with (the `baseline` plain VAE, the ablation steps, and the
 multi-seed run that measures the seed-to-seed spread), so they are kept out of the DAG: `dvc repro` never pays for
 them. For each seed and beta of the preset this trains a model into presets/NAME/ (the train stage's code:
-checkpoints, MLflow run `NAME/beta=B`), fits its sampler (registry alias `NAME-beta-B`), evaluates it with the
+checkpoints, MLflow run `NAME/beta=B`), fine-tunes its decoder (the decoder stage's code), fits its sampler (registry alias `NAME-beta-B`), evaluates it with the
 default pipeline's judge and evaluation (the evaluate stage's code), and finally writes reports/presets/NAME.json,
 the small git-tracked file the report stage reads. Needs the default pipeline's `download`, `judge`, `audit`
 and `features` outputs (`dvc repro judge audit features`).
@@ -20,7 +20,7 @@ from vaelab import layout, metrics, plots, storage, tracking
 from vaelab.model import load_model
 from vaelab.params import ParamsError, load_params, to_dict
 from vaelab.presets import load_presets
-from vaelab.stages import evaluate, runtime, sampler, train
+from vaelab.stages import decoder, evaluate, runtime, sampler, train
 
 
 def save_prior_grid(model_file: Path, params, out: Path) -> None:
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = layout.BetaPaths(f"{beta:g}", root)
             print(f"preset {args.name}: seed {params.seed}, β = {beta:g} -> {root}")
             for step in (lambda: train.run(params, beta, paths, preset=name),
+                         lambda: decoder.run(params, beta, paths, preset=name),
                          lambda: sampler.run(params, beta, paths, preset=name),
                          lambda: evaluate.run(params, beta, paths)):
                 status = step()
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                    "eval": storage.read_json(paths.eval_metrics)}
             if len(per_seed) == 1:
                 grid = layout.PRESET_RESULTS / f"{args.name}_beta_{paths.tag}.png"
-                save_prior_grid(paths.model, params, grid)
+                save_prior_grid(paths.tuned_model, params, grid)
                 row["prior_samples"] = grid.name
             rows.append(row)
     out = {

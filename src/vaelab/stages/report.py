@@ -33,6 +33,8 @@ def collect(params: Params) -> list[dict]:
         paths = BetaPaths(found[beta])
         row = {**storage.read_json(paths.train_metrics), **storage.read_json(paths.eval_metrics), "tag": paths.tag}
         row["train_minutes"] = row["train_seconds"] / 60
+        if paths.decoder_metrics.is_file():  # stage decoder@<beta>: the fine-tune's steps, time, final λ and logits
+            row |= {f"finetune_{k}": v for k, v in storage.read_json(paths.decoder_metrics).items() if k != "beta"}
         rows.append(row)
     return rows
 

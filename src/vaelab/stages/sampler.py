@@ -2,7 +2,9 @@
 full-covariance Gaussian mixture and a diffusion prior, vaelab.samplers), leaving `sampling.holdout` images out of
 both fits (evaluate decodes their codes as the ceiling set). Every consumer draws from the one named by
 `sampling.prior`: evaluate (which judges the other one beside it), figures, the CLI and the model registered in
-MLflow (a Codec that samples through it), which this stage logs and registers."""
+MLflow (a Codec that samples through it), which this stage logs and registers. It reads the model of decoder@<beta>
+(the encoder as trained, so the codes are the trained model's; the decoder fine-tuned), which every consumer of the
+sampler decodes with."""
 from __future__ import annotations
 
 import sys
@@ -36,14 +38,14 @@ def split_codes(params: Params, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_sampler(paths: layout.BetaPaths, params: Params, alternative: bool = False) -> samplers.Sampler:
     """The sampler of `sampling.prior` (or, with `alternative`, the other kind) that sampler@<beta> fitted for the
-    model in paths.model with params.yaml's settings; raises samplers.StaleSamplerError naming the stage to rerun
+    model in paths.tuned_model with params.yaml's settings; raises samplers.StaleSamplerError naming the stage to rerun
     otherwise."""
     kind = params.sampling.prior
     if alternative:
         kind = next(k for k in SAMPLERS if k != kind)
     path = paths.alternative_sampler if alternative else paths.sampler
     try:
-        return samplers.load(path, storage.weights_md5(paths.model), sampler_settings(params, kind))
+        return samplers.load(path, storage.weights_md5(paths.tuned_model), sampler_settings(params, kind))
     except samplers.StaleSamplerError as e:
         raise samplers.StaleSamplerError(f"{e}; run `dvc repro sampler@{paths.tag}` first") from None
 
@@ -54,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
-    """Fit, save, log and register the sampler of the model in paths.model; `preset` names a params preset
+    """Fit, save, log and register the sampler of the model in paths.tuned_model; `preset` names a params preset
     (registry alias `<preset>-beta-B`). Returns the exit status."""
     t0 = time.perf_counter()
     device = runtime.device()
-    model, config = load_model(paths.model, device)
+    model, config = load_model(paths.tuned_model, device)
     bf16 = config["train"]["bf16"]
     ds = data.load(Path(params.data.root) / layout.BATCHES, config["data"]["subset"], config["seed"])
     sp = params.sampling
@@ -89,7 +91,7 @@ def run(params, beta: float, paths: layout.BetaPaths, preset: str = "") -> int:
     summary["fit_seconds"] = time.perf_counter() - t0
     chosen, other = (prior, gmm) if sp.prior == "diffusion" else (gmm, prior)
     # With what each was fitted, and to which model's codes: every consumer refuses a sampler that is not this one.
-    md5 = storage.weights_md5(paths.model)
+    md5 = storage.weights_md5(paths.tuned_model)
     samplers.save(paths.sampler, chosen, {**sampler_settings(params, sp.prior), "model_md5": md5})
     samplers.save(paths.alternative_sampler, other,
                   {**sampler_settings(params, samplers.kind(other)), "model_md5": md5})
