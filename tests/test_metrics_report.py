@@ -458,6 +458,16 @@ def test_ablation_follows_the_presets_and_labels_the_default():
     assert labels[0].startswith("`baseline`: z = 128, N(0, I) prior") and "6 epochs" in labels[0]  # no description
     assert labels[1] == "`baseline-mmd`: + MMD"
     assert labels[2] == "**final default**: baseline with model.latent_dim = 64, train.epochs = 24"
+    # A run whose decoder was fine-tuned against a preset measured before the decoder stage: a change of its own;
+    # against a preset with the same fine-tune, only the keys that differ.
+    tuned = {**recipe, "decoder": {"steps": 600, "disc_weight": 0.5}}
+    final = md_table("\n".join(report.ablation_section(default, [base], "j", tuned)), "FCD, sampler ↓")[-1]
+    assert final["recipe (β = 1)"] == ("**final default**: baseline with decoder fine-tuned (decoder@β), "
+                                       "model.latent_dim = 64, train.epochs = 24")
+    base_tuned = {**base, "decoder": {"steps": 300, "disc_weight": 0.5}}
+    final = md_table("\n".join(report.ablation_section(default, [base_tuned], "j", tuned)), "FCD, sampler ↓")[-1]
+    assert final["recipe (β = 1)"] == ("**final default**: baseline with model.latent_dim = 64, train.epochs = 24, "
+                                       "decoder.steps = 600")
     assert [t["FCD, z ~ N(0, I) ↓"].split()[0] for t in shown_rows] == ["200.0", "150.0", "90.0"]
     assert shown_rows[2]["FCD, z ~ N(0, I) ↓"] == shown(default[0], "fcd", "{:.1f}")
     lines = "\n".join(report.ablation_section(default, [base, step], "j"))

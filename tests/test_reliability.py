@@ -400,3 +400,34 @@ def test_sigkill_of_the_decoder_finetune_then_rerun_resumes_bit_identically(deco
     assert run["tags"]["mlflow.parentRunId"] == runs["beta=1"]["run_id"] and run["status"] == "FINISHED"
     assert run["tags"]["resumed_from_step"] == str(at)
     assert [s for s, _ in tracking.metric_history(store, run["run_id"], "lambda")] == list(range(1, 31))
+
+
+@pytest.mark.slow
+def test_a_failure_after_the_last_checkpoint_still_saves_the_tuned_decoder(decoder_workspace, tmp_path, monkeypatch):
+    """The stage fails after its last checkpoint (the tracking server goes away at the artifact upload); the
+    rerun finds every step done, skips the loop, and must still save the tuned decoder, not the one as trained."""
+    from vaelab.stages import decoder
+
+    straight, _ = _decoder_copy(decoder_workspace, tmp_path / "straight")
+    monkeypatch.chdir(straight)
+    assert decoder.main(["--beta", "1"]) == 0
+    tuned = (straight / "models" / "decoder" / "beta_1" / "model.pt").read_bytes()
+    trained, _ = storage.load_state(straight / "models" / "beta_1" / "model.pt")
+    state, _ = storage.load_state(straight / "models" / "decoder" / "beta_1" / "model.pt")
+    assert any(not torch.equal(trained[k], state[k]) for k in trained if k.startswith("decoder."))
+
+    ws, _ = _decoder_copy(decoder_workspace, tmp_path / "failed")
+    monkeypatch.chdir(ws)
+    upload = tracking.log_artifact
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the tracking server went away")
+
+    monkeypatch.setattr(tracking, "log_artifact", unreachable)
+    with pytest.raises(ConnectionError):
+        decoder.main(["--beta", "1"])
+    assert storage.load_checkpoint(ws / "checkpoints" / "beta_1" / "decoder.pt")["state"]["step"] == 30
+    monkeypatch.setattr(tracking, "log_artifact", upload)
+    (ws / "models" / "decoder" / "beta_1" / "model.pt").unlink()  # as `dvc repro` removes a stage's outputs first
+    assert decoder.main(["--beta", "1"]) == 0
+    assert (ws / "models" / "decoder" / "beta_1" / "model.pt").read_bytes() == tuned

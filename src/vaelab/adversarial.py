@@ -4,7 +4,8 @@ against reconstructions; the decoder adds L_G = -E[D(x_hat)] weighted by the ada
 lambda = ||grad L_rec|| / (||grad L_G|| + 1e-4) at its last layer (clamped: it explodes when grad L_G vanishes) times
 a disc weight, only after a warm-up of the discriminator alone (switched on too early it collapses the colours).
 `finetune` trains the decoder with the encoder frozen, so the codes, the rate and the β analysis stay as trained.
-Both networks see the same random translation (DiffAugment) so that D cannot memorise the training images.
+D sees real and reconstructed images under the same kind of random translation (DiffAugment; each image its own
+offset) so that it cannot memorise the training images.
 """
 from __future__ import annotations
 

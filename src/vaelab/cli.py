@@ -70,8 +70,8 @@ def reconstruct(codec: Codec, images: torch.Tensor) -> torch.Tensor:
 # -- inputs: the model and the images ----------------------------------------------------------------------------
 
 def beta_paths(beta: str) -> layout.BetaPaths:
-    """The trained files of `--beta` (models/beta_<tag>/model.pt and its sampler), the tag as typed or as DVC
-    prints it ('5' for 5.0, '0.5')."""
+    """The trained files of `--beta` (models/beta_<tag>, its fine-tuned decoder models/decoder/beta_<tag> and its
+    sampler), the tag as typed or as DVC prints it ('5' for 5.0, '0.5')."""
     try:
         return layout.find_beta(beta)
     except (ValueError, FileNotFoundError) as e:

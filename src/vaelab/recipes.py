@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from vaelab.params import ModelConfig, TrainConfig
+from vaelab.params import AdversarialConfig, ModelConfig, TrainConfig
 
 
 def preset_rows(preset: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -26,11 +26,16 @@ def describe(preset: Mapping[str, Any]) -> str:
 
 
 def recipe_changes(recipe: Mapping[str, Mapping[str, Any]], preset: Mapping[str, Any]) -> list[str]:
-    """`section.key = value` for every model / train key where `recipe` differs from a preset's (betas and
-    threads left out: they do not change the model). A key missing from a preset's file (written before the key
-    existed) counts as the code default, which is what that run used."""
+    """`section.key = value` for every model / train / decoder key where `recipe` differs from a preset's (betas
+    and threads left out: they do not change the model). A key missing from a preset's file (written before the key
+    existed) counts as the code default, which is what that run used; a run without a `decoder` section (written
+    before stage decoder@<β> existed) was decoded by its decoder as trained, which counts as a change of its own."""
     out = []
-    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+    if "decoder" in recipe and "decoder" not in preset:
+        out.append("decoder fine-tuned (decoder@β)")
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("decoder", AdversarialConfig)):
+        if section not in recipe or section not in preset:
+            continue
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for key, value in recipe[section].items():
             theirs = preset[section].get(key, defaults.get(key))

@@ -89,6 +89,10 @@ def run(params: Params, beta: float, paths: layout.BetaPaths, preset: str = "") 
             last = new_rows[-1]
             print(f"decoder: β = {beta:g}: step {step}/{cfg.steps}: L_rec {last['l_rec']:.1f} nats, λ "
                   f"{last['lambda']:.3g}, D logits real {last['d_real']:.2f} / fake {last['d_fake']:.2f}", flush=True)
+        # The tuned weights from the final state: a rerun after a failure past the last checkpoint skips the loop,
+        # and `model` would otherwise still hold the decoder as trained.
+        model.decoder.load_state_dict(state["decoder"])
+        model.log_sigma.data.copy_(state["log_sigma"])
         seconds = previous_seconds + time.perf_counter() - t0
         tail = state["rows"][-SUMMARY_STEPS:]
         summary = {"beta": beta, "steps": cfg.steps, "batch_size": cfg.batch_size, "disc_weight": cfg.disc_weight,

@@ -3,8 +3,8 @@ interval (likelihood, organisation of the code, sample quality by the judge of z
 ex-post sampler), as DVC metrics and in its MLflow run. Writes metrics only, no models.
 
 Likelihood and the code are the VAE's as trained (models/beta_<β>); every image set is decoded by the decoder of
-decoder@<beta> (unprefixed keys) and again, from the same codes, by the decoder as trained (trained_* keys): the
-decoder half of the ablation."""
+decoder@<beta> (unprefixed keys), and each sampler's draws, the ceiling and the reconstructions again, from the
+same codes, by the decoder as trained (trained_* keys): the decoder half of the ablation."""
 from __future__ import annotations
 
 import sys

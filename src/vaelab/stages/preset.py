@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "description": description,
         "model": to_dict(first.model),
         "train": to_dict(first.train),
+        "decoder": to_dict(first.decoder),  # every model's decoder was fine-tuned with it (decoder@β's code)
         "data": {"subset": first.data.subset},
         "seeds": [p.seed for p in per_seed],
         "git_commit": tracking.git_commit(layout.repo_root()),

@@ -131,7 +131,7 @@ def main() -> int:
     curves = pd.concat([pd.read_csv(BetaPaths(r["tag"]).history).assign(beta=f"{r['beta']:g}") for r in rows])
     storage.write_text(CURVES, curves[["beta", *curves.columns.drop("beta")]].to_csv(index=False))
     judge_md5 = storage.weights_md5(JUDGE.model)
-    recipe = {"model": to_dict(params.model), "train": to_dict(params.train)}
+    recipe = {"model": to_dict(params.model), "train": to_dict(params.train), "decoder": to_dict(params.decoder)}
     study = storage.read_json(CONTROL_METRICS) if CONTROL_METRICS.is_file() else None
     sweep = storage.read_json(SWEEP_METRICS) if SWEEP_METRICS.is_file() else None
     md = report.render(rows, figures, setup, reference, links, presets, judge_md5, recipe, audit_reference, study,
