@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -366,57 +367,47 @@ def test_evaluate_and_figures_draw_from_the_sampler_stage_and_refuse_a_stale_one
             p.write_bytes(data)
 
 
+def _stages_changed_by(repo: Path, env: dict, path: Path, edit: Callable[[str], str]) -> set[str]:
+    """The stages `dvc status` lists once `edit` has rewritten the file at `path`; the file is restored after."""
+    original = path.read_text()
+    try:
+        path.write_text(edit(original))
+        return set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
+    finally:
+        path.write_text(original)
+
+
+def _appended(note: str) -> Callable[[str], str]:
+    return lambda text: text + f"# {note}\n"
+
+
+def _params_set(section: str, key: str, value: Callable[[Any], Any]) -> Callable[[str], str]:
+    """An edit of params.yaml: `section.key` replaced by value(old)."""
+    def edit(text: str) -> str:
+        params = yaml.safe_load(text)
+        params[section][key] = value(params[section][key])
+        return yaml.safe_dump(params, sort_keys=False)
+    return edit
+
+
 @pytest.mark.slow
 def test_edits_rerun_only_the_stages_that_use_them(reproduced_repo):
-    repo = reproduced_repo
-    env = _env(repo)
-    loss = repo / "src" / "vaelab" / "loss.py"
-    original = loss.read_text()
-    try:
-        loss.write_text(original + "# an edit of the VAE's loss\n")
-        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
-        assert not {"judge", "audit", "features"} & changed and {"train@1", "train@5"} <= changed, changed
-    finally:
-        loss.write_text(original)
+    repo, env = reproduced_repo, _env(reproduced_repo)
+    src, params = repo / "src" / "vaelab", repo / "params.yaml"
+    changed = _stages_changed_by(repo, env, src / "loss.py", _appended("an edit of the VAE's loss"))
+    assert not {"judge", "audit", "features"} & changed and {"train@1", "train@5"} <= changed, changed
     # Editing the audit's architecture reruns the audit and what scores with it, never a VAE or another classifier.
-    resnet = repo / "src" / "vaelab" / "resnet.py"
-    original = resnet.read_text()
-    try:
-        resnet.write_text(original + "# an edit of the audit's architecture\n")
-        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
-        assert changed == {"audit", "reference", "evaluate@1", "evaluate@5"}, changed
-    finally:
-        resnet.write_text(original)
-    # The decoder's fine-tune: its module and its params rerun the fine-tunes, never a VAE's training.
-    adversarial = repo / "src" / "vaelab" / "adversarial.py"
-    original = adversarial.read_text()
-    try:
-        adversarial.write_text(original + "# an edit of the fine-tune\n")
-        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
-        assert changed == {"decoder@1", "decoder@5"}, changed
-    finally:
-        adversarial.write_text(original)
-    params_file = repo / "params.yaml"
-    original = params_file.read_text()
-    try:
-        params = yaml.safe_load(original)
-        params["decoder"]["disc_weight"] = 0.25
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
-        assert changed == {"decoder@1", "decoder@5"}, changed
-    finally:
-        params_file.write_text(original)
+    changed = _stages_changed_by(repo, env, src / "resnet.py", _appended("an edit of the audit's architecture"))
+    assert changed == {"audit", "reference", "evaluate@1", "evaluate@5"}, changed
+    # The decoder's fine-tune: its module and its params rerun the fine-tunes, never a VAE's training (the report
+    # reads the decoder section too: it compares the recipe with the presets').
+    changed = _stages_changed_by(repo, env, src / "adversarial.py", _appended("an edit of the fine-tune"))
+    assert changed == {"decoder@1", "decoder@5"}, changed
+    changed = _stages_changed_by(repo, env, params, _params_set("decoder", "disc_weight", lambda w: w / 2))
+    assert changed == {"decoder@1", "decoder@5", "report"}, changed
     # Evaluation settings rerun the evaluation, never a classifier.
-    params_file = repo / "params.yaml"
-    original = params_file.read_text()
-    try:
-        params = yaml.safe_load(original)
-        params["evaluate"]["n_samples"] += 1
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        changed = set(re.findall(r"^(\S+):$", _run(["dvc", "status"], repo, env), re.M))
-        assert changed == {"reference", "evaluate@1", "evaluate@5"}, changed
-    finally:
-        params_file.write_text(original)
+    changed = _stages_changed_by(repo, env, params, _params_set("evaluate", "n_samples", lambda n: n + 1))
+    assert changed == {"reference", "evaluate@1", "evaluate@5"}, changed
 
 
 @pytest.mark.slow
