@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from vaelab import claims, density, plots, report, samplers, tables, webpage
+from vaelab import claims, comparison_plots, density, plots, report, samplers, tables, webpage
 from vaelab.data import CIFAR10
 from vaelab.metrics import decode_uint8, likelihood_metrics, per_image, psnr
 from vaelab.model import VAE
@@ -155,14 +155,14 @@ def test_make_figures_builds_every_figure():
 
 def test_comparison_figures():
     rows = [row(1, rate=120.0), {**row(5, rate=30.0), "distortion_nats": 14200.0}]
-    fig = plots.rate_distortion(rows)
+    fig = comparison_plots.rate_distortion(rows)
     ax = fig.axes[0]
     xs, ys = ax.lines[0].get_data()
     assert list(xs) == [120.0, 30.0] and list(ys) == [14000.0, 14200.0]
     # The iso-line of beta = 1: rate + distortion stays at its negative ELBO.
     lx, ly = ax.lines[1].get_data()
     assert all(abs(a + b - 14120.0) < 1e-6 for a, b in zip(lx, ly))
-    bars = plots.kl_bars([(1.0, [0.5, 3.0, 1.0]), (5.0, [0.1, 0.2, 0.0])])
+    bars = comparison_plots.kl_bars([(1.0, [0.5, 3.0, 1.0]), (5.0, [0.1, 0.2, 0.0])])
     heights = [p.get_height() for p in bars.axes[0].patches]
     assert heights == [3.0, 1.0, 0.5] and len(bars.axes) == 2
     two = plots.side_by_side([torch.zeros(10, 20, 3).numpy(), torch.ones(10, 10, 3).numpy()], ["a", "b"], "t")

@@ -133,9 +133,9 @@ def test_the_report_shows_the_sweep_recipes_seed_spread():
 def test_the_sweep_figures_draw_each_other_seed_where_its_numbers_put_it():
     """The seed spread is seen, not only tabled: each run of a spread β with another seed is a hollow point at its
     own rate and distortion, and at its own value in every metric panel."""
-    from vaelab import plots
+    from vaelab import comparison_plots
 
-    keys = [k for k, _ in plots.SWEEP_PANELS] + ["distortion_nats"]
+    keys = [k for k, _ in comparison_plots.SWEEP_PANELS] + ["distortion_nats"]
     points = [{"beta": b, **{k: 10.0 * i + j for j, k in enumerate(keys)}} for i, b in enumerate((1.0, 4.0))]
     seeds = [{"beta": 4.0, "seed": 1, **{k: 100.0 + j for j, k in enumerate(keys)}}]
 
@@ -143,10 +143,10 @@ def test_the_sweep_figures_draw_each_other_seed_where_its_numbers_put_it():
         return [(float(x), float(y)) for line in ax.lines if line.get_markerfacecolor() == "none"
                 for x, y in zip(line.get_xdata(), line.get_ydata())]
 
-    fig = plots.sweep_rate_distortion(points, [], seeds)
+    fig = comparison_plots.sweep_rate_distortion(points, [], seeds)
     assert hollow(fig.axes[0]) == [(seeds[0]["rate_nats"], seeds[0]["distortion_nats"])]
-    fig = plots.sweep_metrics(points, [], seeds)
-    for ax, (key, _) in zip(fig.axes, plots.SWEEP_PANELS):
+    fig = comparison_plots.sweep_metrics(points, [], seeds)
+    for ax, (key, _) in zip(fig.axes, comparison_plots.SWEEP_PANELS):
         assert hollow(ax) == [(4.0, seeds[0][key])], key
-    assert all(hollow(ax) == [] for ax in plots.sweep_metrics(points, []).axes)
-    plots.plt.close("all")
+    assert all(hollow(ax) == [] for ax in comparison_plots.sweep_metrics(points, []).axes)
+    comparison_plots.plt.close("all")

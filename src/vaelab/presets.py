@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from vaelab.params import Params, ParamsError, _read, from_dict
+from vaelab.params import Params, ParamsError, from_dict, read_yaml
 
 # What a preset may override: the model and its training recipe, the training subset, and the seeds it runs with
 # (one model per seed and beta: the seed-to-seed spread). Evaluation, judge and sampler stay those of the default
@@ -61,5 +61,5 @@ def _presets(raw: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple
 def load_presets(path: str | Path = "params.yaml") -> dict[str, tuple[str, list[Params]]]:
     """The named recipes of params.yaml's `presets` section, in file order: name -> (description, params per
     seed)."""
-    raw = _read(path)
+    raw = read_yaml(path)
     return _presets(raw, {k: v for k, v in raw.items() if k != "presets"})

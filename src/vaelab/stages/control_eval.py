@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vaelab import control, disentanglement, layout, plots, storage, tracking
+from vaelab import comparison_plots, control, disentanglement, layout, plots, storage, tracking
 from vaelab.intervals import mean_interval
 from vaelab.layout import ControlPaths
 from vaelab.loss import kl_normal
@@ -109,7 +109,7 @@ def main() -> int:
     storage.write_json(layout.CONTROL_METRICS, summary)
     table = pd.DataFrame([{k: p[k] for k in ("beta", "seed", *SCORES)} for p in points])
     storage.write_text(layout.CONTROL_POINTS, table.to_csv(index=False))
-    figures = {"scores.png": plots.control_scores(
+    figures = {"scores.png": comparison_plots.control_scores(
         table, pd.DataFrame(by_beta), "Control set with known factors: scores against β")}
     first = cfg.seeds[0]
     for beta in cfg.betas:

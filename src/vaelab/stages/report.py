@@ -8,7 +8,7 @@ import sys
 from matplotlib.image import imread
 import pandas as pd
 
-from vaelab import plots, report, storage, webpage
+from vaelab import comparison_plots, plots, report, storage, webpage
 from vaelab.params import ParamsError, Params, load_params, to_dict
 from vaelab.presets import load_presets
 from vaelab.layout import (AUDIT, BETA_METRICS, COMPARISON, CONTROL_FIGURES, CONTROL_METRICS, CURVES, JUDGE,
@@ -119,7 +119,7 @@ def main() -> int:
         [f"β = {r['beta']:g}" for r in rows], "Traversals of the highest-KL dimensions around one test image's code")
     curves_by_beta = {r["beta"]: (pd.read_csv(BetaPaths(r["tag"]).history), pd.read_csv(BetaPaths(r["tag"]).steps))
                       for r in rows}
-    comparison = {"rate_distortion": plots.rate_distortion(rows), "kl_per_dim": plots.kl_bars(kl),
+    comparison = {"rate_distortion": comparison_plots.rate_distortion(rows), "kl_per_dim": comparison_plots.kl_bars(kl),
                   "traversals": traversals,
                   "training_curves": plots.training_curves_by_beta(curves_by_beta, "Training curves, every β")}
     links = {}

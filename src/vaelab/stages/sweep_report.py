@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vaelab import data, layout, plots, storage, tracking
+from vaelab import comparison_plots, data, layout, plots, storage, tracking
 from vaelab.intervals import seed_sd
 from vaelab.layout import BetaPaths, SweepPaths
 from vaelab.model import load_model
@@ -82,9 +82,9 @@ def main() -> int:
     with torch.no_grad():
         traversals = traversal_figure([f"{b:g}" for b in shown], shown, ds.test_x, params)
     seeds = [r for r in runs if r["seed"] != params.seed]  # drawn beside the sweep's own points
-    figures = {"rate_distortion.png": plots.sweep_rate_distortion(points, marked, seeds),
-               "metrics_vs_beta.png": plots.sweep_metrics(points, marked, seeds),
-               "kl_spectrum.png": plots.kl_spectrum(kl), "traversals.png": traversals}
+    figures = {"rate_distortion.png": comparison_plots.sweep_rate_distortion(points, marked, seeds),
+               "metrics_vs_beta.png": comparison_plots.sweep_metrics(points, marked, seeds),
+               "kl_spectrum.png": comparison_plots.kl_spectrum(kl), "traversals.png": traversals}
     publish(params, tracking.SWEEP, figures, layout.SWEEP_FIGURES, layout.SWEEP_METRICS)
     print(f"sweep_report: {len(points)} points, rate {points[0]['rate_nats']:.1f} → {points[-1]['rate_nats']:.1f} "
           f"nats; {layout.SWEEP_METRICS}, {layout.SWEEP_FIGURES}/")
