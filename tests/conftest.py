@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -198,3 +199,35 @@ def copy_of(repo: Path, dest: Path) -> Path:
     new folders only, never a file the original's runs use."""
     shutil.copytree(repo, dest, symlinks=True)
     return dest
+
+
+def assert_notebook_shows_the_run(repo: Path) -> None:
+    """The executed hand-in (stage `notebook`) of `repo` shows that repo's run: an output under every code cell and
+    no error, the five items, and the β table's numbers equal to its metrics files for every β of params.yaml."""
+    import nbformat
+
+    from vaelab import layout
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    nb = nbformat.read(repo / layout.NOTEBOOK_EXECUTED, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.outputs for c in code), [c.source[:40] for c in code if not c.outputs]
+    assert 'RUN = "none"' in code[0].source
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/markdown", ""))
+                     + str(o.get("text", "")) for o in outputs)
+    html = "\n".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "class Encoder" in html + text and "def vae_loss" in html + text  # 1: the source
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    betas = params["train"]["betas"]
+    # 2-4: the overlaid curves; per beta its curves, two grids and three interpolations; the traversals
+    assert len(images) >= 1 + len(betas) * 6 + 1
+    sweep = params["sweep"]["betas"]
+    assert f"Along the sweep (β = {min(sweep):g} to {max(sweep):g}" in text  # 5: the summary, an analysis of β
+    assert "models:/cifar10-vae@beta-" in text  # the MLflow links
+    table = next(c for c in code if "sampler_fcd" in c.source).outputs[0]["data"]["text/plain"]
+    for beta in betas:
+        ev = json.loads((repo / layout.BetaPaths(str(beta)).eval_metrics).read_text())
+        row = next(line for line in table.splitlines() if line.split()[:1] == [str(beta)])
+        assert [float(v) for v in row.split()[1:4]] == [round(ev[k], 3) for k in ("test_bpd", "rate_nats", "test_psnr")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jupytext
 
-from conftest import REPO
+from conftest import REPO, assert_notebook_shows_the_run
 
 NOTEBOOK = REPO / "notebooks" / "beta_vae_cifar10.ipynb"
 TWIN = REPO / "notebooks" / "beta_vae_cifar10.py"
@@ -25,3 +25,9 @@ def test_the_first_code_cell_is_the_parameters_cell():
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert "parameters" in first.metadata.get("tags", [])
     assert 'REPO_URL = ""' in first.source and 'RUN = "trial"' in first.source
+
+
+def test_the_committed_hand_in_was_executed_from_the_committed_run():
+    """reports/beta_vae_cifar10.ipynb, as committed, shows the committed run: every cell's output, the five items,
+    and its β table equal to metrics/ (a notebook executed against another run, or not at all, fails here)."""
+    assert_notebook_shows_the_run(REPO)
