@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,7 +23,7 @@
 # always agree.
 #
 # On Colab: set `REPO_URL` below, pick `RUN`, and run all cells (Runtime → Run all). A GPU runtime is used when
-# present; the trial run takes a few minutes even on the CPU, the full run about 45 minutes on 2 CPU cores.
+# present; the trial run takes a few minutes even on the CPU, the full run about two hours on 2 CPU cores.
 
 # %% tags=["parameters"]
 REPO_URL = ""  # the git URL of this repository, cloned when the notebook is not opened inside a checkout
@@ -29,8 +31,8 @@ RUN = "trial"  # "trial": every stage on 2,000 images; "full": the default `dvc 
 REPO_DIR = ""  # an existing checkout to use ("" = the checkout this notebook is in, or the clone)
 RUNS = {  # what each choice does, and how long it took where it was timed (2-core CPUs; a GPU is faster)
     "trial": "every stage on 2,000 images: 6.8 min on a 2-core AVX2 CPU before the β sweep and control set joined",
-    "full": "the default `dvc repro`: 48.5 min on the faster 2-core class before the sweep and control set; "
-            "over 3 h with them on a 2-core AVX2 CPU",
+    "full": "the default `dvc repro`: 115 min from scratch on a 2-core AVX-512 CPU (2026-12-08), every stage "
+            "included; over 3 h on a 2-core AVX2 CPU",
     "none": "reads the run already in the checkout, trains nothing",
 }
 print(f"RUN = {RUN!r}: {RUNS.get(RUN, 'unknown: choose trial, full or none')}")
