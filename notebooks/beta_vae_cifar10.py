@@ -149,14 +149,14 @@ for beta, p in paths.items():
 # ## 5. How β changed visual quality and the organisation of the code
 #
 # The report's summary (≤ 300 words, written from the measured numbers: a direction is named only where the 95%
-# intervals separate), the traversals of both models side by side, and the comparison table.
+# intervals separate), the β sweep's rate–distortion plane it reads from, and the comparison table.
 
 # %%
 report = Path("reports/report.md").read_text()
 summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0].strip()
 display(Markdown(summary))
 print(f"{len(summary.split())} words")
-display(Image("reports/comparison/traversals.png"))
+display(Image("reports/sweep/rate_distortion.png"))
 
 # %%
 import json

@@ -221,7 +221,7 @@ def assert_notebook_shows_the_run(repo: Path) -> None:
     assert "class Encoder" in html + text and "def vae_loss" in html + text  # 1: the source
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     betas = params["train"]["betas"]
-    # 2-4: the overlaid curves; per beta its curves, two grids and three interpolations; the traversals
+    # 2-4: the overlaid curves; per beta its curves, two grids and three interpolations; the sweep's R-D plane
     assert len(images) >= 1 + len(betas) * 6 + 1
     sweep = params["sweep"]["betas"]
     assert f"Along the sweep (β = {min(sweep):g} to {max(sweep):g}" in text  # 5: the summary, an analysis of β
